@@ -1,0 +1,118 @@
+"""Nixtla StatsForecast engine: any statsforecast model by name, plus our vectorised SeasonalProfile.
+
+SeasonalProfile (the default) fits all series of a rule at once with numpy. Any other name is a class of
+`statsforecast.models` built with the rule's params and fitted per series; a series whose fit fails falls
+back to SeasonalProfile (counted in Fitted.errors), so one bad series never fails the rule.
+"""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+from typing import Any
+
+import numpy as np
+
+from ...core import seasonal
+from ...core.domain import Bands, Fitted, Model, ModelSpec, SeriesMatrix
+
+DEFAULT_MODEL = "SeasonalProfile"
+
+
+class StatsForecastEngine:
+    """Fits rules whose model.engine is `statsforecast` (also spelled `nixtla`)."""
+
+    name = "statsforecast"
+    default_model = DEFAULT_MODEL
+
+    def validate(self, spec: ModelSpec) -> None:
+        if spec.name == DEFAULT_MODEL:
+            seasonal.settings(spec.params)
+            return
+        model_class = _model_class(spec.name)
+        try:
+            inspect.signature(model_class).bind(**spec.params)
+        except TypeError as e:
+            raise ValueError(f"bad params for statsforecast {spec.name}: {e}") from e
+
+    def fit(self, history: SeriesMatrix, spec: ModelSpec, level: float) -> Fitted:
+        if spec.name == DEFAULT_MODEL:
+            profile = seasonal.fit(history.values, history.start, history.step, spec.params)
+            return Fitted(_Payload(profile, [], 0), profile.ok)
+        return _fit_per_series(history, spec)
+
+    def predict(self, model: Model, start: float, steps: int, level: float) -> Bands:
+        payload: _Payload = model.fitted.payload
+        timestamps = start + model.step * np.arange(steps)
+        yhat, lower, upper = payload.fallback.predict(timestamps, level)
+        if payload.models:
+            offset = max(int(round((start - model.window_end) / model.step)) - 1, 0)
+            _overwrite_with_models(payload.models, offset, steps, level, (yhat, lower, upper))
+        return Bands(start, model.step, yhat, lower, upper)
+
+    def dumps(self, fitted: Fitted) -> bytes:
+        return pickle.dumps(fitted, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def loads(self, data: bytes) -> Fitted:
+        fitted = pickle.loads(data)
+        if not isinstance(fitted, Fitted) or not isinstance(fitted.payload, _Payload):
+            raise ValueError("artifact payload is not a statsforecast engine model")
+        return fitted
+
+
+class _Payload:
+    """Learned state: one statsforecast model per series (None where it failed) and the fallback."""
+
+    def __init__(self, fallback: seasonal.SeasonalProfile, models: list[Any], end_index: int):
+        self.fallback = fallback
+        self.models = models
+        self.end_index = end_index
+
+
+def _model_class(name: str) -> type:
+    from statsforecast import models  # heavy import: only for rules that use it
+
+    model_class = getattr(models, name, None)
+    if not inspect.isclass(model_class) or name.startswith("_"):
+        raise ValueError(f"statsforecast has no model {name!r} (e.g. AutoETS, AutoARIMA, MSTL, AutoTheta)")
+    return model_class
+
+
+def _fit_per_series(history: SeriesMatrix, spec: ModelSpec) -> Fitted:
+    fallback = seasonal.fit(history.values, history.start, history.step, {})
+    template = _model_class(spec.name)(**spec.params)
+    models: list[Any] = []
+    errors: dict[int, str] = {}
+    for i, row in enumerate(history.values):  # statsforecast itself fits one series at a time
+        try:
+            models.append(template.new().fit(y=_fill_gaps(row)))
+        except Exception as e:  # any library failure on one series: fall back, keep the others
+            models.append(None)
+            errors[i] = f"{type(e).__name__}: {e}"
+    return Fitted(_Payload(fallback, models, history.values.shape[1]), fallback.ok, errors)
+
+
+def _fill_gaps(row: np.ndarray) -> np.ndarray:
+    """Drop leading NaN and interpolate the other gaps; ValueError if too little is left."""
+    present = np.flatnonzero(~np.isnan(row))
+    if len(present) < 3:
+        raise ValueError("fewer than 3 samples")
+    inner = row[present[0] :]  # keep the end aligned with the grid: trailing gaps carry the last value
+    index = np.arange(len(inner))
+    valid = ~np.isnan(inner)
+    return np.interp(index, index[valid], inner[valid])
+
+
+def _overwrite_with_models(
+    models: list[Any], offset: int, steps: int, level: float, bands: tuple[np.ndarray, ...]
+) -> None:
+    key = int(level) if float(level).is_integer() else level
+    for i, model in enumerate(models):
+        if model is None:
+            continue
+        try:
+            forecast = model.predict(h=offset + steps, level=[key])
+        except Exception:  # noqa: BLE001 - this series keeps the fallback's bands
+            continue
+        for target, column in zip(bands, ("mean", f"lo-{key}", f"hi-{key}"), strict=True):
+            target[i] = forecast[column][offset : offset + steps]

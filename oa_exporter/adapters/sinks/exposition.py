@@ -1,0 +1,118 @@
+"""The /metrics page: every rule's results rendered once per cycle into bytes (and a gzipped copy).
+
+A scrape only sends bytes. Per series, the label block is built once and reused while the rule's series
+set does not change; each cycle formats the values of all series with C-level map/join, not per-line
+string formatting.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from itertools import repeat
+
+import numpy as np
+
+from ...core.domain import Rule, RuleScores, SeriesKey
+
+FAMILIES = (
+    ("oa_y", "y", "Value of the rule's expression, as the TSDB returned it."),
+    ("oa_yhat", "yhat", "Forecast of the value."),
+    ("oa_yhat_lower", "lower", "Lower edge of the forecast band at the rule's level."),
+    ("oa_yhat_upper", "upper", "Upper edge of the forecast band at the rule's level."),
+    ("oa_anomaly_score", "score", "Anomaly score: 0 at the forecast, 1 on the band's edge, above 1 outside."),
+)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def output_labels(rule: Rule, series: Mapping[str, str]) -> dict[str, str]:
+    """Labels of one output series: rule, the input's labels (clashes renamed exported_*), rule labels."""
+    labels = {"rule": rule.name}
+    for name, value in series.items():
+        if name == "__name__":
+            continue
+        labels["exported_rule" if name == "rule" else name] = value
+    labels.update(rule.labels)
+    return labels
+
+
+def label_block(labels: Mapping[str, str]) -> str:
+    """`{a="1",b="2"} ` with values escaped as the text format requires."""
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    return "{" + inner + "} "
+
+
+@dataclass
+class _RuleLines:
+    """A rule's label blocks, one per series, cached for an unchanged series list."""
+
+    rule: Rule | None = None
+    keys: list[SeriesKey] | None = None
+    prefixes: dict[str, np.ndarray] = field(default_factory=dict)
+    blocks: dict[SeriesKey, str] = field(default_factory=dict)
+    families: dict[str, str] = field(default_factory=dict)
+
+
+class ExpositionPage:
+    """ResultSink that keeps the latest results as Prometheus text-format bytes."""
+
+    def __init__(self, extra: Callable[[], bytes] = lambda: b""):
+        self._extra = extra
+        self._rules: dict[str, _RuleLines] = {}
+        self._page = b""
+        self._gzipped = gzip.compress(b"")
+
+    def publish(self, scores: RuleScores) -> None:
+        lines = self._rules.get(scores.rule.name)
+        if lines is None or lines.rule != scores.rule:  # new rule, or its labels changed: rebuild blocks
+            lines = self._rules[scores.rule.name] = _RuleLines(rule=scores.rule)
+        prefixes = self._prefixes(lines, scores)
+        for name, attribute, _ in FAMILIES:
+            values = getattr(scores, attribute)
+            present = ~np.isnan(values)
+            if present.all():
+                chosen, kept = prefixes[name], values
+            else:
+                chosen, kept = prefixes[name][present], values[present]
+            lines.families[name] = "".join(map(str.__add__, chosen, _format(kept)))
+
+    def forget(self, rule: str) -> None:
+        self._rules.pop(rule, None)
+
+    def flush(self) -> None:
+        """Render the whole page once; scrapes then send these bytes."""
+        parts = []
+        for name, _, help_text in FAMILIES:
+            parts.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n")
+            parts.extend(lines.families.get(name, "") for lines in self._rules.values())
+        page = "".join(parts).encode() + self._extra()
+        self._page, self._gzipped = page, gzip.compress(page, compresslevel=1)
+
+    def page(self, gzipped: bool = False) -> bytes:
+        """The latest rendered page."""
+        return self._gzipped if gzipped else self._page
+
+    def _prefixes(self, lines: _RuleLines, scores: RuleScores) -> dict[str, np.ndarray]:
+        if scores.keys is lines.keys or scores.keys == lines.keys:
+            return lines.prefixes
+        blocks = lines.blocks
+        fresh = {}
+        for key, series in zip(scores.keys, scores.labels, strict=True):
+            fresh[key] = blocks.get(key) or label_block(output_labels(scores.rule, series))
+        lines.blocks, lines.keys = fresh, scores.keys
+        ordered = [fresh[k] for k in scores.keys]
+        lines.prefixes = {name: np.array([name + b for b in ordered], dtype=object) for name, _, _ in FAMILIES}
+        return lines.prefixes
+
+
+def _format(values: np.ndarray) -> list[str]:
+    """Text-format values with their newline: repr round-trips floats; infinities spelled +Inf/-Inf."""
+    text = list(map(repr, values.tolist()))
+    if np.isinf(values).any():
+        text = [{"inf": "+Inf", "-inf": "-Inf"}.get(t, t) for t in text]
+    return list(map(str.__add__, text, repeat("\n")))
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -1,0 +1,125 @@
+"""Self-monitoring metrics with prometheus_client, in a registry of our own (never the global one)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ... import __version__
+from ...core.domain import Rule, RuleSet, SeriesState
+
+QUERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+FIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800)
+STATES = tuple(s.value for s in SeriesState)
+
+
+class _ModelAge(Collector):
+    """oa_model_age_seconds, computed from the training times when the page is rendered."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self.clock = clock
+        self.trained_at: dict[str, float] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("oa_model_age_seconds", "Seconds since the model in use was trained.",
+                                   labels=["rule"])
+        now = self.clock()
+        for rule, trained_at in self.trained_at.items():
+            family.add_metric([rule], max(now - trained_at, 0.0))
+        yield family
+
+
+class PrometheusTelemetry:
+    """Telemetry port over prometheus_client metrics."""
+
+    def __init__(self, clock: Callable[[], float] = time.time):
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        Gauge("oa_build_info", "OpenAnomaly build information.", ["version"], registry=r).labels(__version__).set(1)
+        self.loaded = Gauge("oa_rules_loaded", "Rules currently loaded.", registry=r)
+        self.reload_ok = Gauge("oa_rules_last_reload_successful",
+                               "Whether the last rules (re)load succeeded (1) or failed (0).", registry=r)
+        self.reload_time = Gauge("oa_rules_last_reload_success_timestamp_seconds",
+                                 "Time of the last successful rules (re)load.", registry=r)
+        self.reload_failures = Counter("oa_rules_reload_failures", "Rules (re)loads that failed.", registry=r)
+        self.series = Gauge("oa_rule_series", "Series of a rule by state (ready, not-ready, failed).",
+                            ["rule", "state"], registry=r)
+        self.healthy = Gauge("oa_rule_healthy", "Whether the rule's last query and fit worked (1) or not (0).",
+                             ["rule"], registry=r)
+        self.query_seconds = Histogram("oa_query_duration_seconds", "TSDB query duration by kind (range, instant).",
+                                       ["rule", "kind"], buckets=QUERY_BUCKETS, registry=r)
+        self.query_failures = Counter("oa_query_failures", "TSDB queries that failed.", ["rule", "kind"],
+                                      registry=r)
+        self.fit_seconds = Histogram("oa_fit_duration_seconds", "Model fit duration.", ["rule"],
+                                     buckets=FIT_BUCKETS, registry=r)
+        self.fits = Counter("oa_fits", "Model fits that finished.", ["rule"], registry=r)
+        self.fit_failures = Counter("oa_fit_failures", "Model fits that failed as a whole.", ["rule"], registry=r)
+        self.fallbacks = Counter("oa_fit_fallback_series", "Series fitted by the fallback model after their "
+                                 "model failed.", ["rule"], registry=r)
+        self.last_fit = Gauge("oa_model_last_fit_timestamp_seconds", "Training time of the model in use.",
+                              ["rule"], registry=r)
+        self.cycle_seconds = Histogram("oa_cycle_duration_seconds", "Scoring cycle duration of a rule group.",
+                                       ["group"], buckets=QUERY_BUCKETS, registry=r)
+        self.overruns = Counter("oa_cycle_overruns", "Scoring cycles that took longer than the group interval.",
+                                ["group"], registry=r)
+        self.model_age = _ModelAge(clock)
+        r.register(self.model_age)
+
+    def query_done(self, rule: str, kind: str, seconds: float, ok: bool) -> None:
+        self.query_seconds.labels(rule, kind).observe(seconds)
+        if not ok:
+            self.query_failures.labels(rule, kind).inc()
+
+    def fit_done(self, rule: str, seconds: float, ok: bool, fallbacks: int = 0) -> None:
+        self.fit_seconds.labels(rule).observe(seconds)
+        (self.fits if ok else self.fit_failures).labels(rule).inc()
+        self.fallbacks.labels(rule).inc(fallbacks)
+
+    def model_in_use(self, rule: str, trained_at: float) -> None:
+        self.last_fit.labels(rule).set(trained_at)
+        self.model_age.trained_at[rule] = trained_at
+
+    def series_states(self, rule: str, counts: dict[str, int]) -> None:
+        for state in STATES:
+            self.series.labels(rule, state).set(counts.get(state, 0))
+
+    def rule_health(self, rule: str, healthy: bool, error: str = "") -> None:
+        self.healthy.labels(rule).set(1 if healthy else 0)
+
+    def cycle_done(self, group: str, seconds: float, overrun: bool) -> None:
+        self.cycle_seconds.labels(group).observe(seconds)
+        if overrun:
+            self.overruns.labels(group).inc()
+
+    def rules_loaded(self, rules: RuleSet | None, ok: bool, at: float) -> None:
+        self.reload_ok.set(1 if ok else 0)
+        if ok and rules is not None:
+            self.loaded.set(len(rules.rules))
+            self.reload_time.set(at)
+        else:
+            self.reload_failures.inc()
+
+    def forget_rule(self, rule: Rule) -> None:
+        for metric in (self.healthy, self.fit_seconds, self.fits, self.fit_failures, self.fallbacks, self.last_fit):
+            _remove(metric, rule.name)
+        for state in STATES:
+            _remove(self.series, rule.name, state)
+        for kind in ("range", "instant"):
+            _remove(self.query_seconds, rule.name, kind)
+            _remove(self.query_failures, rule.name, kind)
+        self.model_age.trained_at.pop(rule.name, None)
+
+    def render(self) -> bytes:
+        """Text exposition of the self-monitoring metrics."""
+        return generate_latest(self.registry)
+
+
+def _remove(metric: Gauge | Counter | Histogram, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass

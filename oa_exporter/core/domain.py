@@ -1,0 +1,194 @@
+"""The things OpenAnomaly reasons about, as frozen dataclasses and plain numpy arrays."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+SeriesKey = bytes  # canonical, sorted label set of one input series, as the TSDB adapter encodes it
+
+
+class Direction(str, Enum):
+    """Which side of the forecast may score above 0."""
+
+    BOTH = "both"
+    ABOVE = "above"
+    BELOW = "below"
+
+
+class SeriesState(str, Enum):
+    """Where one series of a rule stands."""
+
+    READY = "ready"
+    NOT_READY = "not-ready"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which engine fits the rule, which of its models, with which parameters."""
+
+    engine: str
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One anomaly rule: a PromQL expression and how to model every series it returns."""
+
+    name: str
+    group: str
+    expr: str
+    step: float
+    model: ModelSpec
+    train_window: float = 14 * 86400.0
+    train_every: float = 86400.0
+    horizon: float = 3600.0
+    level: float = 99.0
+    direction: Direction = Direction.BOTH
+    min_history: float = 86400.0
+    max_series: int = 10000
+    labels: Mapping[str, str] = field(default_factory=dict)
+    file: str = ""
+    line: int = 0
+
+    def fingerprint(self) -> str:
+        """Hash of the fields that change the fitted model; equal fingerprints mean reusable models."""
+        fields = {
+            "expr": self.expr,
+            "step": self.step,
+            "engine": self.model.engine,
+            "model": self.model.name,
+            "params": self.model.params,
+            "window": self.train_window,
+            "level": self.level,
+        }
+        canonical = json.dumps(fields, sort_keys=True, default=str).encode()
+        return hashlib.sha256(canonical).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RuleGroup:
+    """Rules scored together on one cadence, like a Prometheus rule group."""
+
+    name: str
+    interval: float
+    rules: tuple[Rule, ...]
+    file: str = ""
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """Every group of every rules file: built whole, swapped whole."""
+
+    groups: tuple[RuleGroup, ...] = ()
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return tuple(rule for group in self.groups for rule in group.rules)
+
+
+@dataclass(frozen=True)
+class SeriesMatrix:
+    """History of many series on one regular grid: values[i, j] is series i at start + j*step (NaN = gap)."""
+
+    keys: list[SeriesKey]
+    labels: list[dict[str, str]]
+    start: float
+    step: float
+    values: np.ndarray
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        return self.start + self.step * np.arange(self.values.shape[1])
+
+    def select(self, rows: np.ndarray) -> SeriesMatrix:
+        """The same grid restricted to some series."""
+        return SeriesMatrix(
+            keys=[self.keys[i] for i in rows],
+            labels=[self.labels[i] for i in rows],
+            start=self.start,
+            step=self.step,
+            values=self.values[rows],
+        )
+
+
+@dataclass(frozen=True)
+class InstantVector:
+    """The latest sample of every series an instant query returned."""
+
+    keys: list[SeriesKey]
+    labels: list[dict[str, str]]
+    values: np.ndarray
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class Bands:
+    """Forecast and interval for many series over a horizon: arrays of shape (series, steps)."""
+
+    start: float
+    step: float
+    yhat: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+
+    @property
+    def end(self) -> float:
+        """First timestamp the bands no longer cover."""
+        return self.start + self.step * self.yhat.shape[1]
+
+    def column(self, at: float) -> int:
+        """Index of the grid point at or just before `at`; may fall outside the horizon."""
+        return int(np.floor((at - self.start) / self.step + 1e-9))
+
+
+@dataclass
+class Fitted:
+    """What an engine learned for a batch of series: its own payload, and which series it could fit."""
+
+    payload: Any
+    ok: np.ndarray
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A fitted model of one rule, as stored and loaded: the series it covers and the engine's state."""
+
+    rule: str
+    fingerprint: str
+    engine: str
+    keys: list[SeriesKey]
+    labels: list[dict[str, str]]
+    trained_at: float
+    window_start: float
+    window_end: float
+    step: float
+    fitted: Fitted
+
+
+@dataclass(frozen=True)
+class RuleScores:
+    """One rule's results for one scoring cycle, one entry per series present in the TSDB now."""
+
+    rule: Rule
+    keys: list[SeriesKey]
+    labels: list[dict[str, str]]
+    timestamp: float
+    y: np.ndarray
+    yhat: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    score: np.ndarray
+
+    @property
+    def ready(self) -> np.ndarray:
+        return ~np.isnan(self.yhat)

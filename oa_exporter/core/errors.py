@@ -1,0 +1,52 @@
+"""One base error; everything the daemon raises on purpose sits under it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class OAError(Exception):
+    """Base of every error OpenAnomaly raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a rules file, located like promtool locates it."""
+
+    message: str
+    file: str = ""
+    line: int = 0
+    rule: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        who = f' rule "{self.rule}":' if self.rule else ""
+        return f"{where}:{who} {self.message}".lstrip(": ")
+
+
+class RuleError(OAError):
+    """A rules file or rule is invalid; carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+class TsdbError(OAError):
+    """The TSDB could not answer: unreachable, timed out, or refused the query."""
+
+
+class QueryError(TsdbError):
+    """The TSDB rejected the query itself (bad PromQL, 4xx): retrying will not help."""
+
+
+class CardinalityError(OAError):
+    """A rule selected more series than its max_series allows."""
+
+
+class EngineError(OAError):
+    """A model engine could not fit or predict."""
+
+
+class ArtifactError(OAError):
+    """A stored model could not be written, found or read."""

@@ -1,0 +1,122 @@
+"""The ports: what the core needs from the outside world, and nothing about how it is done."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from .domain import (
+    Bands,
+    Fitted,
+    InstantVector,
+    Model,
+    ModelSpec,
+    Rule,
+    RuleScores,
+    RuleSet,
+    SeriesMatrix,
+)
+
+T = TypeVar("T")
+
+
+class TsdbClient(Protocol):
+    """Any Prometheus-API time-series database."""
+
+    async def query_range(self, expr: str, start: float, end: float, step: float) -> SeriesMatrix:
+        """History of every series of `expr` on the grid start, start+step, ..., end."""
+
+    async def query(self, expr: str, at: float) -> InstantVector:
+        """The value of every series of `expr` at time `at`."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+class ModelEngine(Protocol):
+    """The brain: fits a batch of series and forecasts bands for them."""
+
+    name: str
+
+    def validate(self, spec: ModelSpec) -> None:
+        """Raise ValueError if this engine cannot build the model the spec names."""
+
+    def fit(self, history: SeriesMatrix, spec: ModelSpec, level: float) -> Fitted:
+        """Learn every series of `history` (CPU-bound: called in a worker, never on the event loop)."""
+
+    def predict(self, model: Model, start: float, steps: int, level: float) -> Bands:
+        """Forecast and interval at `level` % on the grid start, start+step, ... (steps points)."""
+
+    def dumps(self, fitted: Fitted) -> bytes:
+        """Serialise what `fit` learned."""
+
+    def loads(self, data: bytes) -> Fitted:
+        """Inverse of `dumps`."""
+
+
+class ArtifactStore(Protocol):
+    """Where fitted models live between fits and across restarts."""
+
+    async def save(self, model: Model, payload: bytes) -> str:
+        """Store a model (with its engine-serialised payload); return its artifact id."""
+
+    async def load_latest(self, rule: str, fingerprint: str) -> tuple[Model, bytes] | None:
+        """Newest model of `rule` with this fingerprint and its payload, or None."""
+
+
+class ConfigStore(Protocol):
+    """Where the rules come from."""
+
+    def load(self) -> RuleSet:
+        """Parse and validate every rules file; raise RuleError listing every problem."""
+
+
+class JobDispatcher(Protocol):
+    """Runs CPU-bound jobs off the event loop."""
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(*args) elsewhere and await its result; exceptions propagate."""
+
+    async def close(self) -> None:
+        """Stop the workers; safe to call twice."""
+
+
+class ResultSink(Protocol):
+    """Where scores go: the /metrics page, remote write, ..."""
+
+    def publish(self, scores: RuleScores) -> None:
+        """Replace the rule's previous results with these."""
+
+    def flush(self) -> None:
+        """Make everything published so far visible (e.g. render the /metrics page once)."""
+
+    def forget(self, rule: str) -> None:
+        """Drop every result of a rule that no longer exists."""
+
+
+class Telemetry(Protocol):
+    """Self-monitoring: the services report, an adapter turns reports into metrics."""
+
+    def query_done(self, rule: str, kind: str, seconds: float, ok: bool) -> None:
+        """A range or instant query finished."""
+
+    def fit_done(self, rule: str, seconds: float, ok: bool, fallbacks: int = 0) -> None:
+        """A fit finished (ok=False: it failed as a whole); fallbacks: series fitted by the fallback model."""
+
+    def model_in_use(self, rule: str, trained_at: float) -> None:
+        """The rule now scores with a model trained at `trained_at` (fitted or loaded)."""
+
+    def series_states(self, rule: str, counts: dict[str, int]) -> None:
+        """How many series of the rule are in each SeriesState."""
+
+    def rule_health(self, rule: str, healthy: bool, error: str = "") -> None:
+        """Whether the rule's last cycle worked."""
+
+    def cycle_done(self, group: str, seconds: float, overrun: bool) -> None:
+        """A group finished a scoring cycle."""
+
+    def rules_loaded(self, rules: RuleSet | None, ok: bool, at: float) -> None:
+        """A (re)load of the rules finished; rules is None when it failed."""
+
+    def forget_rule(self, rule: Rule) -> None:
+        """Drop every per-rule metric of a removed rule."""

@@ -1,0 +1,279 @@
+"""Rules files as data: validate parsed documents and build one immutable RuleSet.
+
+The parser (an adapter) hands over plain mappings; a mapping may carry `line` (where it starts) and
+`key_lines` (where each key is) so every problem is reported as file:line with the rule's name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .domain import Direction, ModelSpec, Rule, RuleGroup, RuleSet
+from .durations import parse_duration
+from .errors import Problem, RuleError
+
+GROUP_KEYS = {"name", "interval", "rules"}
+RULE_KEYS = {
+    "anomaly", "expr", "step", "model", "train", "forecast", "direction",
+    "min_history", "max_series", "labels", "annotations",
+}
+MODEL_KEYS = {"engine", "name", "params"}
+TRAIN_KEYS = {"window", "every"}
+FORECAST_KEYS = {"horizon", "level"}
+DEFAULT_INTERVAL = 60.0
+RULE_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_:]*$")
+LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+ExprChecker = Callable[[str], "str | None"]  # returns an error message, or None when the PromQL is valid
+ModelChecker = Callable[[ModelSpec], None]  # raises ValueError when no engine can build the spec
+
+
+@dataclass(frozen=True)
+class SourceDocument:
+    """One parsed rules file."""
+
+    path: str
+    content: Any
+
+
+@dataclass
+class _Context:
+    file: str
+    default_model: ModelSpec
+    check_expr: ExprChecker
+    check_model: ModelChecker
+    problems: list[Problem] = field(default_factory=list)
+    rule: str = ""
+
+    def report(self, message: str, node: Any = None, key: str | None = None) -> None:
+        self.problems.append(Problem(message, self.file, _line(node, key), self.rule))
+
+
+def build_rule_set(
+    documents: Sequence[SourceDocument],
+    default_model: ModelSpec,
+    check_expr: ExprChecker = lambda expr: None,
+    check_model: ModelChecker = lambda spec: None,
+) -> RuleSet:
+    """Validate every document and build the rule set; raise RuleError listing every problem."""
+    problems: list[Problem] = []
+    groups: list[RuleGroup] = []
+    for document in documents:
+        ctx = _Context(document.path, default_model, check_expr, check_model)
+        groups.extend(_groups(document.content, ctx))
+        problems.extend(ctx.problems)
+    problems.extend(_duplicate_rules(groups))
+    if problems:
+        raise RuleError(problems)
+    return RuleSet(tuple(groups))
+
+
+def _groups(content: Any, ctx: _Context) -> list[RuleGroup]:
+    if content is None:
+        return []
+    if not isinstance(content, Mapping) or set(content) != {"groups"}:
+        ctx.report("a rules file must be a mapping with the single key 'groups'", content)
+        return []
+    if not isinstance(content["groups"], list):
+        ctx.report("'groups' must be a list", content, "groups")
+        return []
+    groups, seen = [], set()
+    for node in content["groups"]:
+        group = _group(node, ctx)
+        if group and group.name in seen:
+            ctx.report(f'group name "{group.name}" is repeated in the same file', node, "name")
+        elif group:
+            seen.add(group.name)
+            groups.append(group)
+    return groups
+
+
+def _group(node: Any, ctx: _Context) -> RuleGroup | None:
+    ctx.rule = ""
+    if not _is_mapping(node, "a group", ctx) or not _known_keys(node, GROUP_KEYS, "group", ctx):
+        return None
+    name = node.get("name")
+    if not isinstance(name, str) or not name:
+        ctx.report("group must have a non-empty 'name'", node)
+        return None
+    interval = _duration(node, "interval", DEFAULT_INTERVAL, ctx)
+    rules_node = node.get("rules", [])
+    if not isinstance(rules_node, list):
+        ctx.report(f'group "{name}": \'rules\' must be a list', node, "rules")
+        return None
+    rules = [_rule(r, name, interval, ctx) for r in rules_node]
+    return RuleGroup(name, interval or DEFAULT_INTERVAL, tuple(r for r in rules if r), ctx.file)
+
+
+def _rule(node: Any, group: str, interval: float | None, ctx: _Context) -> Rule | None:
+    ctx.rule = ""
+    if not _is_mapping(node, "a rule", ctx):
+        return None
+    name = node.get("anomaly")
+    if not isinstance(name, str) or not RULE_NAME.match(name):
+        ctx.report("rule needs 'anomaly: <name>' (letters, digits, _ and :)", node, "anomaly")
+        return None
+    ctx.rule = name
+    before = len(ctx.problems)
+    _known_keys(node, RULE_KEYS, "rule", ctx)
+    expr = _expr(node, ctx)
+    step = _duration(node, "step", interval or DEFAULT_INTERVAL, ctx)
+    model = _model(node, ctx)
+    train = _section(node, "train", TRAIN_KEYS, ctx)
+    forecast = _section(node, "forecast", FORECAST_KEYS, ctx)
+    window = _duration(train, "window", 14 * 86400.0, ctx)
+    every = _duration(train, "every", 86400.0, ctx)
+    horizon = _duration(forecast, "horizon", 3600.0, ctx)
+    level = _level(forecast, ctx)
+    min_history = _duration(node, "min_history", 86400.0, ctx)
+    direction = _direction(node, ctx)
+    max_series = _positive_int(node, "max_series", 10000, ctx)
+    labels = _labels(node, "labels", ctx)
+    _labels(node, "annotations", ctx)
+    if len(ctx.problems) > before:
+        return None
+    assert step and window and every and horizon and min_history and level and model and expr
+    if min_history > window:
+        ctx.report("min_history is longer than train.window: no series could ever be ready", node, "min_history")
+    if horizon < step:
+        ctx.report("forecast.horizon must be at least one step", forecast, "horizon")
+    if window < 2 * step:
+        ctx.report("train.window must cover at least two steps", train, "window")
+    if len(ctx.problems) > before:
+        return None
+    return Rule(
+        name=name, group=group, expr=expr, step=step, model=model, train_window=window, train_every=every,
+        horizon=horizon, level=level, direction=direction, min_history=min_history, max_series=max_series,
+        labels=labels, file=ctx.file, line=_line(node),
+    )
+
+
+def _expr(node: Mapping, ctx: _Context) -> str | None:
+    expr = node.get("expr")
+    if not isinstance(expr, str) or not expr.strip():
+        ctx.report("'expr' must be a non-empty PromQL expression", node, "expr")
+        return None
+    error = ctx.check_expr(expr)
+    if error:
+        ctx.report(f"invalid PromQL in 'expr': {error}", node, "expr")
+        return None
+    return expr
+
+
+def _model(node: Mapping, ctx: _Context) -> ModelSpec | None:
+    section = _section(node, "model", MODEL_KEYS, ctx)
+    engine = section.get("engine", ctx.default_model.engine)
+    name = section.get("name", ctx.default_model.name if engine == ctx.default_model.engine else None)
+    params = section.get("params", {} if "name" in section else ctx.default_model.params)
+    if not isinstance(engine, str) or not isinstance(name, str):
+        ctx.report("model needs 'name' (a string) when it names an engine other than the default", section)
+        return None
+    if not isinstance(params, Mapping):
+        ctx.report("model.params must be a mapping", section, "params")
+        return None
+    spec = ModelSpec(engine, name, dict(params))
+    try:
+        ctx.check_model(spec)
+    except ValueError as e:
+        ctx.report(f"model: {e}", section or node, "name" if "name" in section else None)
+        return None
+    return spec
+
+
+def _section(node: Mapping, key: str, allowed: set[str], ctx: _Context) -> Mapping:
+    section = node.get(key, {})
+    if not isinstance(section, Mapping):
+        ctx.report(f"'{key}' must be a mapping", node, key)
+        return {}
+    _known_keys(section, allowed, key, ctx)
+    return section
+
+
+def _duration(node: Mapping, key: str, default: float, ctx: _Context) -> float | None:
+    if key not in node:
+        return default
+    try:
+        return parse_duration(node[key])
+    except ValueError as e:
+        ctx.report(f"{key}: {e}", node, key)
+        return None
+
+
+def _level(node: Mapping, ctx: _Context) -> float | None:
+    level = node.get("level", 99)
+    if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 100:
+        ctx.report("forecast.level must be a number strictly between 0 and 100 (a percentage)", node, "level")
+        return None
+    return float(level)
+
+
+def _direction(node: Mapping, ctx: _Context) -> Direction:
+    value = node.get("direction", "both")
+    try:
+        return Direction(value)
+    except ValueError:
+        ctx.report(f"direction must be one of both, above, below (got {value!r})", node, "direction")
+        return Direction.BOTH
+
+
+def _positive_int(node: Mapping, key: str, default: int, ctx: _Context) -> int:
+    value = node.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        ctx.report(f"{key} must be a positive integer", node, key)
+        return default
+    return value
+
+
+def _labels(node: Mapping, key: str, ctx: _Context) -> dict[str, str]:
+    section = node.get(key, {})
+    if not isinstance(section, Mapping):
+        ctx.report(f"'{key}' must be a mapping of names to strings", node, key)
+        return {}
+    labels = {}
+    for name, value in section.items():
+        if not isinstance(name, str) or not LABEL_NAME.match(name) or name.startswith("__"):
+            ctx.report(f"{key}: invalid label name {name!r}", section, name)
+        elif key == "labels" and name == "rule":
+            ctx.report("labels: 'rule' is reserved: it carries the rule's name", section, name)
+        elif isinstance(value, Mapping | list) or value is None:
+            ctx.report(f"{key}: value of {name!r} must be a string", section, name)
+        else:
+            labels[name] = str(value)
+    return labels
+
+
+def _known_keys(node: Mapping, allowed: set[str], what: str, ctx: _Context) -> bool:
+    unknown = [k for k in node if k not in allowed]
+    for key in unknown:
+        ctx.report(f"unknown {what} key {key!r} (allowed: {', '.join(sorted(allowed))})", node, key)
+    return not unknown
+
+
+def _is_mapping(node: Any, what: str, ctx: _Context) -> bool:
+    if isinstance(node, Mapping):
+        return True
+    ctx.report(f"{what} must be a mapping, got {type(node).__name__}", node)
+    return False
+
+
+def _duplicate_rules(groups: list[RuleGroup]) -> list[Problem]:
+    seen: dict[str, Rule] = {}
+    problems = []
+    for rule in (r for g in groups for r in g.rules):
+        first = seen.setdefault(rule.name, rule)
+        if first is not rule:
+            where = f"{first.file}:{first.line}"
+            problems.append(Problem(f"rule name is not unique (first defined at {where})", rule.file, rule.line,
+                                    rule.name))
+    return problems
+
+
+def _line(node: Any, key: str | None = None) -> int:
+    if key is not None:
+        line = getattr(node, "key_lines", {}).get(key)
+        if line:
+            return int(line)
+    return int(getattr(node, "line", 0))

@@ -1,0 +1,206 @@
+"""SeasonalProfile: the default model, fitted and forecast for all series of a rule at once with numpy.
+
+Per series, on the rule's grid:
+
+    yhat(t)  = level + sum over seasons of profile_s[bucket_s(t)]
+    band(t)  = yhat(t) + q(level%) * scale[bucket_day(t)]
+
+- Each season (default 1d then 1w) is a robust profile: the median, per phase bucket, of what the shorter
+  seasons left over. Buckets are coarser than the step (at most `buckets` per season), so one week of
+  one-minute data gives ~35 samples per bucket. A season is used only when the window spans two of it.
+- `level` is the median of the deseasonalised series over the last `level_window` before the fit.
+- Residuals are taken against a trailing mean of the same length (what the forecast faces right after a
+  fit), divided by a per-bucket spread `scale` (noise is often louder at busy hours), and their empirical
+  quantiles give the band at any level.
+Every step is one numpy operation over the (series × time) matrix: no Python loop over series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .durations import parse_duration
+
+PROBABILITIES = np.array(
+    [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.16, 0.25, 0.5,
+     0.75, 0.84, 0.9, 0.95, 0.975, 0.99, 0.995, 0.9975, 0.999, 0.9995, 0.9999]
+)
+DEFAULTS: dict[str, Any] = {"seasons": ["1d", "1w"], "buckets": 288, "level_window": "3h"}
+
+
+@dataclass(frozen=True)
+class Season:
+    """One additive seasonal profile: `profile[:, b]` for phase bucket b of a `period`-long cycle."""
+
+    period: float
+    buckets: int
+    profile: np.ndarray
+
+    def bucket_of(self, timestamps: np.ndarray) -> np.ndarray:
+        phase = np.mod(timestamps, self.period) / self.period
+        return np.minimum((phase * self.buckets).astype(np.int64), self.buckets - 1)
+
+
+@dataclass(frozen=True)
+class SeasonalProfile:
+    """What SeasonalProfile learned for a batch of series (see module docstring)."""
+
+    seasons: tuple[Season, ...]
+    level: np.ndarray
+    scale_period: float
+    scale: np.ndarray
+    quantiles: np.ndarray  # (len(PROBABILITIES), series): quantiles of the scaled residuals
+    ok: np.ndarray
+
+    def predict(self, timestamps: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """yhat, lower, upper of shape (series, len(timestamps)) with a `level` % central interval."""
+        yhat = np.repeat(self.level[:, None], len(timestamps), axis=1)
+        for season in self.seasons:
+            yhat += season.profile[:, season.bucket_of(timestamps)]
+        scale = self.scale[:, _Buckets(self.scale_period, self.scale.shape[1]).of(timestamps)]
+        q_lo, q_hi = self.interval(level)
+        return yhat, yhat + q_lo[:, None] * scale, yhat + q_hi[:, None] * scale
+
+    def interval(self, level: float) -> tuple[np.ndarray, np.ndarray]:
+        """Residual quantiles of the central `level` % interval, per series; lower <= 0 <= upper."""
+        tail = (1 - level / 100) / 2
+        q_lo = _interpolate_rows(self.quantiles, tail)
+        q_hi = _interpolate_rows(self.quantiles, 1 - tail)
+        return np.minimum(q_lo, 0.0), np.maximum(q_hi, 0.0)
+
+
+@dataclass(frozen=True)
+class _Buckets:
+    period: float
+    count: int
+
+    def of(self, timestamps: np.ndarray) -> np.ndarray:
+        phase = np.mod(timestamps, self.period) / self.period
+        return np.minimum((phase * self.count).astype(np.int64), self.count - 1)
+
+
+def settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Validated parameters with defaults; ValueError names the bad one."""
+    unknown = set(params) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"SeasonalProfile has no parameter(s) {sorted(unknown)}; it takes {sorted(DEFAULTS)}")
+    merged = {**DEFAULTS, **params}
+    seasons = merged["seasons"]
+    if not isinstance(seasons, Sequence) or isinstance(seasons, str):
+        raise ValueError("SeasonalProfile seasons must be a list of durations such as [1d, 1w]")
+    buckets = merged["buckets"]
+    if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 2:
+        raise ValueError("SeasonalProfile buckets must be an integer >= 2")
+    return {
+        "seasons": sorted(parse_duration(s) for s in seasons),
+        "buckets": buckets,
+        "level_window": parse_duration(merged["level_window"]),
+    }
+
+
+def fit(values: np.ndarray, start: float, step: float, params: Mapping[str, Any]) -> SeasonalProfile:
+    """Fit every row of `values` (series × time on the grid start + k*step, NaN for gaps)."""
+    cfg = settings(params)
+    timestamps = start + step * np.arange(values.shape[1])
+    span = step * values.shape[1]
+    rest = values.astype(np.float64, copy=True)
+    seasons = []
+    for period in cfg["seasons"]:
+        count = int(min(cfg["buckets"], round(period / step)))
+        if span >= 2 * period and count >= 4:
+            season = _fit_season(rest, timestamps, period, count)
+            rest -= season.profile[:, season.bucket_of(timestamps)]
+            seasons.append(season)
+    window = max(int(round(cfg["level_window"] / step)), 3)
+    level = _nanmedian(rest[:, -window:])
+    level = np.where(np.isnan(level), _nanmedian(rest), level)
+    residual = rest - _trailing_mean(rest, window)
+    scale_period = seasons[0].period if seasons else span
+    scale_count = seasons[0].buckets if seasons else 1
+    scale = _bucket_scale(residual, _Buckets(scale_period, scale_count).of(timestamps), scale_count)
+    scaled = residual / scale[:, _Buckets(scale_period, scale_count).of(timestamps)]
+    quantiles = _nanquantile_rows(scaled, PROBABILITIES)
+    ok = (np.sum(~np.isnan(scaled), axis=1) >= 2) & ~np.isnan(level)
+    return SeasonalProfile(tuple(seasons), level, scale_period, scale, quantiles, ok)
+
+
+def _fit_season(rest: np.ndarray, timestamps: np.ndarray, period: float, count: int) -> Season:
+    buckets = _Buckets(period, count).of(timestamps)
+    profile = _group_nanmedian(rest, buckets, count)
+    center = _nanmedian(profile)
+    profile = np.where(np.isnan(profile), 0.0, profile - np.where(np.isnan(center), 0.0, center)[:, None])
+    return Season(period, count, profile)
+
+
+def _bucket_scale(residual: np.ndarray, buckets: np.ndarray, count: int) -> np.ndarray:
+    spread = np.abs(residual)
+    overall = _nanmedian(spread)
+    per_bucket = _group_nanmedian(spread, buckets, count)
+    if count >= 3:  # smooth over neighbouring buckets: a bucket holds few samples
+        per_bucket = np.nanmean(
+            np.stack([np.roll(per_bucket, 1, axis=1), per_bucket, np.roll(per_bucket, -1, axis=1)]), axis=0
+        )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = per_bucket / overall[:, None]
+    ratio = np.where(np.isfinite(ratio), ratio, 1.0)
+    return np.clip(ratio, 0.25, 4.0)
+
+
+def _group_nanmedian(values: np.ndarray, groups: np.ndarray, count: int) -> np.ndarray:
+    """Median of each row over the columns of each group: (series, count); NaN where a group is empty."""
+    order = np.argsort(groups, kind="stable")
+    sizes = np.bincount(groups, minlength=count)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rank = np.arange(len(order)) - starts[groups[order]]
+    index = np.full((count, max(int(sizes.max()), 1)), values.shape[1])  # pad points at a NaN column
+    index[groups[order], rank] = order
+    padded = np.concatenate([values, np.full((values.shape[0], 1), np.nan)], axis=1)
+    return _nanmedian(padded[:, index])
+
+
+def _nanmedian(values: np.ndarray) -> np.ndarray:
+    """NaN-ignoring median over the last axis (NaN where all are NaN), by one sort."""
+    return _nanquantile_last(values, np.array([0.5]))[..., 0]
+
+
+def _nanquantile_rows(values: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    return np.moveaxis(_nanquantile_last(values, probabilities), -1, 0)
+
+
+def _nanquantile_last(values: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Linear-interpolated quantiles over the last axis, ignoring NaN: shape (..., len(probabilities))."""
+    ordered = np.sort(values, axis=-1)  # NaN sorts last
+    valid = np.sum(~np.isnan(ordered), axis=-1, keepdims=True)
+    position = probabilities * np.maximum(valid - 1, 0)
+    below = np.floor(position).astype(np.int64)
+    above = np.minimum(below + 1, np.maximum(valid - 1, 0))
+    low = np.take_along_axis(ordered, below, axis=-1)
+    high = np.take_along_axis(ordered, above, axis=-1)
+    result = low + (high - low) * (position - below)
+    return np.where(valid > 0, result, np.nan)
+
+
+def _trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean of the `window` points before each point (NaN-aware); the first point gets its own value."""
+    present = ~np.isnan(values)
+    sums = np.concatenate([np.zeros((values.shape[0], 1)), np.cumsum(np.where(present, values, 0), axis=1)], 1)
+    counts = np.concatenate([np.zeros((values.shape[0], 1)), np.cumsum(present, axis=1)], axis=1)
+    end = np.arange(values.shape[1])
+    begin = np.maximum(end - window, 0)
+    total = sums[:, end] - sums[:, begin]
+    number = counts[:, end] - counts[:, begin]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / number
+    return np.where(number > 0, mean, values)
+
+
+def _interpolate_rows(quantiles: np.ndarray, probability: float) -> np.ndarray:
+    """Quantile at `probability` for every series, interpolated on the stored grid."""
+    i = int(np.clip(np.searchsorted(PROBABILITIES, probability), 1, len(PROBABILITIES) - 1))
+    p0, p1 = PROBABILITIES[i - 1], PROBABILITIES[i]
+    w = np.clip((probability - p0) / (p1 - p0), 0.0, 1.0)
+    return quantiles[i - 1] * (1 - w) + quantiles[i] * w

@@ -1,0 +1,100 @@
+"""Inferencer: forecast bands ahead of time, then score each cycle's samples against them, vectorised."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..domain import Bands, InstantVector, Model, Rule, RuleScores, SeriesKey, SeriesState
+from ..errors import CardinalityError
+from ..ports import ModelEngine, Telemetry, TsdbClient
+from ..scoring import anomaly_score
+
+
+@dataclass
+class RowIndex:
+    """Maps the series of an instant query onto model rows; reused while the series set does not change."""
+
+    rows_of: dict[SeriesKey, int]
+    _keys: list[SeriesKey] = field(default_factory=list)
+    _rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+
+    def rows(self, keys: list[SeriesKey]) -> np.ndarray:
+        """Model row of each key, -1 for series the model does not know."""
+        if keys != self._keys:  # one C-level comparison; the lookup below runs only when series change
+            self._rows = np.fromiter((self.rows_of.get(k, -1) for k in keys), np.int64, len(keys))
+            self._keys = keys
+        return self._rows
+
+
+@dataclass
+class Forecasts:
+    """A rule's current model with its precomputed bands."""
+
+    model: Model
+    bands: Bands
+    index: RowIndex
+
+    @classmethod
+    def of(cls, model: Model, bands: Bands) -> Forecasts:
+        return cls(model, bands, RowIndex({k: i for i, k in enumerate(model.keys)}))
+
+
+class Inferencer:
+    """Precomputes bands for the horizon and scores every series of a rule with one numpy pass."""
+
+    def __init__(self, tsdb: TsdbClient, engines: Mapping[str, ModelEngine], telemetry: Telemetry):
+        self.tsdb = tsdb
+        self.engines = engines
+        self.telemetry = telemetry
+
+    async def bands(self, rule: Rule, model: Model, now: float) -> Bands:
+        """Bands from the grid point at or before `now` to one horizon (and a cycle) ahead."""
+        start = math.floor(now / rule.step) * rule.step
+        steps = int(math.ceil(rule.horizon / rule.step)) + 1
+        engine = self.engines[rule.model.engine]
+        return await asyncio.to_thread(engine.predict, model, start, steps, rule.level)
+
+    def needs_refresh(self, rule: Rule, bands: Bands, now: float) -> bool:
+        """True once less than half a horizon of bands is left: refresh well before they run out."""
+        return bands.end - now < rule.horizon / 2
+
+    async def sample(self, rule: Rule, now: float) -> InstantVector:
+        """The rule's instant query at `now`, guarded by max_series."""
+        started, ok = time.perf_counter(), False
+        try:
+            vector = await self.tsdb.query(rule.expr, now)
+            ok = True
+        finally:
+            self.telemetry.query_done(rule.name, "instant", time.perf_counter() - started, ok)
+        if len(vector.keys) > rule.max_series:
+            raise CardinalityError(f"expr returns {len(vector.keys)} series, above max_series {rule.max_series}")
+        return vector
+
+    def score(self, rule: Rule, vector: InstantVector, forecasts: Forecasts | None) -> RuleScores:
+        """Score every sample: series without a model (not ready) or failed get NaN forecasts."""
+        n = len(vector.keys)
+        yhat, lower, upper = (np.full(n, np.nan) for _ in range(3))
+        states = {SeriesState.READY.value: 0, SeriesState.FAILED.value: 0, SeriesState.NOT_READY.value: n}
+        if forecasts is not None:
+            rows = forecasts.index.rows(vector.keys)
+            column = forecasts.bands.column(vector.timestamp)
+            if 0 <= column < forecasts.bands.yhat.shape[1]:
+                known = rows >= 0
+                usable = known.copy()
+                usable[known] = forecasts.model.fitted.ok[rows[known]]
+                picked = rows[usable]
+                yhat[usable] = forecasts.bands.yhat[picked, column]
+                lower[usable] = forecasts.bands.lower[picked, column]
+                upper[usable] = forecasts.bands.upper[picked, column]
+                ready = int(np.count_nonzero(usable))
+                failed = int(np.count_nonzero(known)) - ready
+                states = {"ready": ready, "failed": failed, "not-ready": n - ready - failed}
+        score = anomaly_score(vector.values, yhat, lower, upper, rule.direction)
+        self.telemetry.series_states(rule.name, states)
+        return RuleScores(rule, vector.keys, vector.labels, vector.timestamp, vector.values, yhat, lower, upper, score)

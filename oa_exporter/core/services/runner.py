@@ -1,0 +1,158 @@
+"""Runner: one ticker per rule group scores its rules; fits run beside it as tracked tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..domain import Model, Rule, RuleGroup, RuleSet
+from ..errors import OAError
+from ..ports import ResultSink, Telemetry
+from .inferencer import Forecasts, Inferencer
+from .trainer import Trainer
+
+log = logging.getLogger(__name__)
+NEW_SERIES_REFIT = 3600.0  # while series without a model are present, refit at most this often
+
+
+@dataclass
+class RuleSlot:
+    """Everything the runner keeps for one rule between cycles."""
+
+    rule: Rule
+    forecasts: Forecasts | None = None
+    fit_task: asyncio.Task | None = None
+    last_fit_attempt: float = -math.inf
+    failures: int = 0
+    unmodelled: int = 0
+    loaded: bool = False
+
+    def fit_due(self, now: float, interval: float) -> bool:
+        """Whether a (re)fit should start now."""
+        since = now - self.last_fit_attempt
+        if self.forecasts is None:
+            return since >= min(self.rule.train_every, interval * 2 ** min(self.failures, 6))
+        if now - self.forecasts.model.trained_at >= self.rule.train_every:
+            return since >= interval
+        return self.unmodelled > 0 and since >= min(self.rule.train_every, NEW_SERIES_REFIT)
+
+
+@dataclass
+class Runner:
+    """Drives training and scoring for the current rule set; `apply` swaps rule sets without losing models."""
+
+    trainer: Trainer
+    inferencer: Inferencer
+    sink: ResultSink
+    telemetry: Telemetry
+    clock: Callable[[], float] = time.time
+    slots: dict[str, RuleSlot] = field(default_factory=dict)
+    _groups: list[asyncio.Task] = field(default_factory=list)
+    _closing: bool = False
+
+    async def apply(self, rules: RuleSet) -> None:
+        """Adopt a new rule set: unchanged rules keep their models, removed rules disappear."""
+        await self._stop_groups()
+        fresh: dict[str, RuleSlot] = {}
+        for rule in rules.rules:
+            fresh[rule.name] = self._carry_over(self.slots.get(rule.name), rule)
+        for name, slot in self.slots.items():
+            if fresh.get(name) is not slot:
+                self._drop(slot, removed=name not in fresh)
+        self.slots = fresh
+        self._groups = [asyncio.create_task(self._run_group(g), name=f"group:{g.name}") for g in rules.groups]
+
+    async def cycle(self, group: RuleGroup, now: float) -> None:
+        """Score every rule of a group once, then publish the results together."""
+        await asyncio.gather(*(self._cycle_rule(self.slots[r.name], group, now) for r in group.rules))
+        self.sink.flush()
+
+    async def close(self) -> None:
+        """Stop the tickers and every fit; safe to call twice."""
+        self._closing = True
+        await self._stop_groups()
+        tasks = [s.fit_task for s in self.slots.values() if s.fit_task and not s.fit_task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run_group(self, group: RuleGroup) -> None:
+        while not self._closing:
+            started = time.perf_counter()
+            try:
+                await self.cycle(group, self.clock())
+            except Exception:  # a bug in one cycle must not stop the group: log it and tick on
+                log.exception("group %s: scoring cycle crashed", group.name)
+            spent = time.perf_counter() - started
+            self.telemetry.cycle_done(group.name, spent, overrun=spent > group.interval)
+            await asyncio.sleep(max(group.interval - spent, 0.0))
+
+    async def _cycle_rule(self, slot: RuleSlot, group: RuleGroup, now: float) -> None:
+        rule = slot.rule
+        if not slot.loaded:
+            await self._load(slot, now)
+        if slot.fit_due(now, group.interval) and (slot.fit_task is None or slot.fit_task.done()):
+            slot.last_fit_attempt = now
+            slot.fit_task = asyncio.create_task(self._fit(slot, now), name=f"fit:{rule.name}")
+        try:
+            if slot.forecasts and self.inferencer.needs_refresh(rule, slot.forecasts.bands, now):
+                bands = await self.inferencer.bands(rule, slot.forecasts.model, now)
+                slot.forecasts = Forecasts(slot.forecasts.model, bands, slot.forecasts.index)
+            vector = await self.inferencer.sample(rule, now)
+            scores = self.inferencer.score(rule, vector, slot.forecasts)
+        except OAError as e:
+            log.error("rule %s: scoring failed: %s", rule.name, e)
+            self.telemetry.rule_health(rule.name, False, str(e))
+            self.sink.forget(rule.name)
+            return
+        slot.unmodelled = int(scores.ready.size - scores.ready.sum())
+        self.sink.publish(scores)
+        self.telemetry.rule_health(rule.name, slot.failures == 0)
+
+    async def _load(self, slot: RuleSlot, now: float) -> None:
+        slot.loaded = True
+        model = await self.trainer.load(slot.rule, now)
+        if model is not None:
+            log.info("rule %s: loaded the stored model trained at %s", slot.rule.name, model.trained_at)
+            await self._adopt(slot, model, now)
+
+    async def _fit(self, slot: RuleSlot, now: float) -> None:
+        rule = slot.rule
+        try:
+            model = await self.trainer.train(rule, now)
+            await self._adopt(slot, model, self.clock())
+            slot.failures = 0
+            log.info("rule %s: fitted %d series", rule.name, len(model.keys))
+        except Exception as e:  # OAError is expected (TSDB down, cardinality); others are bugs, logged loudly
+            slot.failures += 1
+            log.log(logging.ERROR, "rule %s: training failed (attempt %d): %s", rule.name, slot.failures, e,
+                    exc_info=not isinstance(e, OAError))
+            self.telemetry.rule_health(rule.name, False, str(e))
+
+    async def _adopt(self, slot: RuleSlot, model: Model, now: float) -> None:
+        bands = await self.inferencer.bands(slot.rule, model, now)
+        slot.forecasts = Forecasts.of(model, bands)
+        self.telemetry.model_in_use(slot.rule.name, model.trained_at)
+
+    def _carry_over(self, old: RuleSlot | None, rule: Rule) -> RuleSlot:
+        if old is None or old.rule.fingerprint() != rule.fingerprint():
+            return RuleSlot(rule)
+        old.rule = rule  # labels, direction or cadence changed: the model still fits
+        return old
+
+    def _drop(self, slot: RuleSlot, removed: bool) -> None:
+        if slot.fit_task and not slot.fit_task.done():
+            slot.fit_task.cancel()
+        if removed:
+            self.sink.forget(slot.rule.name)
+            self.telemetry.forget_rule(slot.rule)
+
+    async def _stop_groups(self) -> None:
+        for task in self._groups:
+            task.cancel()
+        await asyncio.gather(*self._groups, return_exceptions=True)
+        self._groups = []

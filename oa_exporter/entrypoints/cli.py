@@ -1,0 +1,121 @@
+"""oa-exporter command line: run the daemon, check rules files."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import fields
+from typing import Any
+
+from .. import __version__
+from ..settings import Settings
+
+log = logging.getLogger("oa_exporter")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `oa-exporter` command."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    return int(args.handler(args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oa-exporter", description="Forecasting and anomaly detection for Prometheus, as an exporter."
+    )
+    parser.add_argument("--version", action="version", version=f"oa-exporter {__version__}")
+    commands = parser.add_subparsers(dest="command")
+    run = commands.add_parser("run", help="run the daemon", description="Score every rule and serve /metrics.")
+    _add_settings_flags(run)
+    run.set_defaults(handler=_run)
+    check = commands.add_parser("check", help="validate rules files (exit 0 when valid, 1 otherwise)")
+    check.add_argument("files", nargs="+", help="rules files, directories or globs")
+    check.add_argument("--model.engine", dest="model_engine", default=None, help="default engine (OA_MODEL_ENGINE)")
+    check.set_defaults(handler=_check)
+    return parser
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Settings field; each names its OA_* variable, which supplies the default."""
+    for f in fields(Settings):
+        meta = f.metadata
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f"{meta['help']} (env {meta['env']})"}
+        if meta.get("many"):
+            kwargs["action"] = "append"
+        elif isinstance(f.default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = type(f.default)
+            if "choices" in meta:
+                kwargs["choices"] = meta["choices"]
+        parser.add_argument(meta["flag"], **kwargs)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(Settings)}
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    return Settings.from_env().with_overrides(overrides)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from ..adapters.config.yaml_rules import expand
+    from ..bootstrap import config_store
+    from ..core.errors import RuleError
+
+    settings = Settings.from_env().with_overrides({"rules": tuple(args.files), "model_engine": args.model_engine})
+    store = config_store(settings)
+    files = expand(settings.rules)
+    if not files:
+        print(f"no rules files match {' '.join(args.files)}", file=sys.stderr)
+        return 1
+    failed = False
+    for path in files:
+        print(f"Checking {path}")
+        try:
+            rules = store.load_files([path])
+        except RuleError as e:
+            failed = True
+            print(f"  FAILED:\n" + "\n".join(str(p) for p in e.problems), file=sys.stderr)
+            continue
+        print(f"  SUCCESS: {len(rules.rules)} rules found")
+    if not failed:
+        try:  # names must also be unique across files
+            store.load_files(files)
+        except RuleError as e:
+            print("FAILED across files:\n" + "\n".join(str(p) for p in e.problems), file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .logs import configure
+
+    settings = _settings(args)
+    configure(settings.log_level, settings.log_format)
+    if not settings.rules:
+        log.error("no rules given: pass --rules FILE|DIR|GLOB or set OA_RULES")
+        return 2
+    _install_uvloop()
+    from .daemon import serve
+
+    return asyncio.run(serve(settings))
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The daemon's lifetime: load rules, serve HTTP, reload on SIGHUP, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from ..bootstrap import App, bootstrap
+from ..settings import Settings
+from .web import make_app
+
+log = logging.getLogger(__name__)
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """':10100' → ('0.0.0.0', 10100); 'host:port' as given; '[::1]:10100' for IPv6."""
+    host, _, port = text.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def serve(settings: Settings, app: App | None = None, stop: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or `stop` is set); return the process exit code."""
+    app = app or bootstrap(settings)
+    stop = stop or asyncio.Event()
+    if not await app.load_rules():
+        log.error("the rules are invalid; not starting (run `oa-exporter check` on them)")
+        await app.close()
+        return 1
+    web_runner = await _start_web(app, settings.web_listen_address)
+    _install_signals(app, stop)
+    log.info("listening on %s", settings.web_listen_address)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await web_runner.cleanup()
+        await app.close()
+    return 0
+
+
+async def _start_web(app: App, address: str) -> web.AppRunner:
+    host, port = listen_address(address)
+    runner = web.AppRunner(make_app(app.page, lambda: app.rules is not None, app.load_rules), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    return runner
+
+
+def _install_signals(app: App, stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    reloads: set[asyncio.Task] = set()
+
+    def reload() -> None:
+        task = loop.create_task(app.load_rules())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
