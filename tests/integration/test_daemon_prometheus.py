@@ -31,7 +31,7 @@ groups:
         min_history: 1d
         labels: {team: sre}
       - anomaly: broken_promql_at_server
-        expr: sum by (instance) (rate(oa_test_requests[5m] offset -1h @ end()))
+        expr: label_replace(oa_test_requests, "broken", "$1", "job", "(")
         step: 1m
         train: {window: 3d}
         min_history: 1d
@@ -115,10 +115,10 @@ async def test_injected_anomalies_score_above_one_and_normal_points_below(promet
     ys = {s.labels["instance"] for s in found["oa_y"] if s.labels["rule"] == "requests"}
     assert "host-17" in ys  # ... but its value is still exported
 
-    sample = next(s for s in found["oa_yhat"] if s.labels["instance"] == "host-05")
+    sample = next(s for s in found["oa_yhat"] if s.labels == {**s.labels, "instance": "host-05", "rule": "requests"})
     assert sample.labels == {"rule": "requests", "instance": "host-05", "job": "synthetic", "team": "sre"}
-    lower = {s.labels["instance"]: s.value for s in found["oa_yhat_lower"]}
-    upper = {s.labels["instance"]: s.value for s in found["oa_yhat_upper"]}
+    lower = {s.labels["instance"]: s.value for s in found["oa_yhat_lower"] if s.labels["rule"] == "requests"}
+    upper = {s.labels["instance"]: s.value for s in found["oa_yhat_upper"] if s.labels["rule"] == "requests"}
     yhat = {s.labels["instance"]: s.value for s in found["oa_yhat"] if s.labels["rule"] == "requests"}
     assert all(lower[k] <= yhat[k] <= upper[k] for k in yhat)
     clash = next(s for s in found["oa_y"] if s.labels["rule"] == "clashing")
