@@ -8,6 +8,8 @@ a query the server rejects (400/422: bad PromQL, too many samples) fails at once
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import logging
 import ssl
 from dataclasses import dataclass, field
@@ -47,13 +49,13 @@ class HttpAuth:
         token = self.bearer_token or _read(self.bearer_token_file)
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        elif self.basic_user:
+            password = self.basic_password or _read(self.basic_password_file)
+            credentials = base64.b64encode(f"{self.basic_user}:{password}".encode()).decode()
+            headers["Authorization"] = f"Basic {credentials}"
         return headers
 
-    def basic_auth(self) -> aiohttp.BasicAuth | None:
-        if not self.basic_user:
-            return None
-        return aiohttp.BasicAuth(self.basic_user, self.basic_password or _read(self.basic_password_file))
-
+    @functools.cached_property
     def ssl_context(self) -> ssl.SSLContext | bool:
         if not (self.ca_file or self.cert_file or self.insecure_skip_verify):
             return True
@@ -135,8 +137,7 @@ class PrometheusClient:
         url = f"{self.url}/api/v1/{endpoint}"
         try:
             async with self._client().post(
-                url, data=params, headers=self.auth.request_headers(), auth=self.auth.basic_auth(),
-                ssl=self.auth.ssl_context(),
+                url, data=params, headers=self.auth.request_headers(), ssl=self.auth.ssl_context,
             ) as response:
                 body = await response.read()
                 return _payload(response.status, body, url)
