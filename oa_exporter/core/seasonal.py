@@ -141,9 +141,10 @@ def _bucket_scale(residual: np.ndarray, buckets: np.ndarray, count: int) -> np.n
     overall = _nanmedian(spread)
     per_bucket = _group_nanmedian(spread, buckets, count)
     if count >= 3:  # smooth over neighbouring buckets: a bucket holds few samples
-        per_bucket = np.nanmean(
-            np.stack([np.roll(per_bucket, 1, axis=1), per_bucket, np.roll(per_bucket, -1, axis=1)]), axis=0
-        )
+        neighbours = np.stack([np.roll(per_bucket, 1, axis=1), per_bucket, np.roll(per_bucket, -1, axis=1)])
+        counts = np.sum(~np.isnan(neighbours), axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_bucket = np.nansum(neighbours, axis=0) / counts
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = per_bucket / overall[:, None]
     ratio = np.where(np.isfinite(ratio), ratio, 1.0)

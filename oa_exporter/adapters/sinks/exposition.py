@@ -8,9 +8,9 @@ string formatting.
 from __future__ import annotations
 
 import gzip
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import compress, repeat
 
 import numpy as np
 
@@ -49,7 +49,7 @@ class _RuleLines:
 
     rule: Rule | None = None
     keys: list[SeriesKey] | None = None
-    prefixes: dict[str, np.ndarray] = field(default_factory=dict)
+    prefixes: dict[str, list[str]] = field(default_factory=dict)
     blocks: dict[SeriesKey, str] = field(default_factory=dict)
     families: dict[str, str] = field(default_factory=dict)
 
@@ -74,7 +74,7 @@ class ExpositionPage:
             if present.all():
                 chosen, kept = prefixes[name], values
             else:
-                chosen, kept = prefixes[name][present], values[present]
+                chosen, kept = list(compress(prefixes[name], present.tolist())), values[present]
             lines.families[name] = "".join(map(str.__add__, chosen, _format(kept)))
 
     def forget(self, rule: str) -> None:
@@ -93,7 +93,7 @@ class ExpositionPage:
         """The latest rendered page."""
         return self._gzipped if gzipped else self._page
 
-    def _prefixes(self, lines: _RuleLines, scores: RuleScores) -> dict[str, np.ndarray]:
+    def _prefixes(self, lines: _RuleLines, scores: RuleScores) -> dict[str, list[str]]:
         if scores.keys is lines.keys or scores.keys == lines.keys:
             return lines.prefixes
         blocks = lines.blocks
@@ -102,16 +102,16 @@ class ExpositionPage:
             fresh[key] = blocks.get(key) or label_block(output_labels(scores.rule, series))
         lines.blocks, lines.keys = fresh, scores.keys
         ordered = [fresh[k] for k in scores.keys]
-        lines.prefixes = {name: np.array([name + b for b in ordered], dtype=object) for name, _, _ in FAMILIES}
+        lines.prefixes = {name: [name + b for b in ordered] for name, _, _ in FAMILIES}
         return lines.prefixes
 
 
-def _format(values: np.ndarray) -> list[str]:
+def _format(values: np.ndarray) -> Iterable[str]:
     """Text-format values with their newline: repr round-trips floats; infinities spelled +Inf/-Inf."""
-    text = list(map(repr, values.tolist()))
+    text: Iterable[str] = map(repr, values.tolist())
     if np.isinf(values).any():
         text = [{"inf": "+Inf", "-inf": "-Inf"}.get(t, t) for t in text]
-    return list(map(str.__add__, text, repeat("\n")))
+    return map(str.__add__, text, repeat("\n"))
 
 
 def _escape(value: str) -> str:
