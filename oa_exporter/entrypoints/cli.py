@@ -35,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the daemon", description="Score every rule and serve /metrics.")
     _add_settings_flags(run)
     run.set_defaults(handler=_run)
+    demo = commands.add_parser("demo", help="run the daemon on generated series: no infrastructure needed",
+                               description="Score generated series served by an embedded Prometheus-API source.")
+    demo.add_argument("--web.listen-address", dest="web_listen_address", default=None,
+                      help="address to serve /metrics on (env OA_WEB_LISTEN_ADDRESS)")
+    demo.add_argument("--log.level", dest="log_level", default=None, choices=("debug", "info", "warn", "error"))
+    demo.add_argument("--log.format", dest="log_format", default=None, choices=("logfmt", "json"))
+    demo.set_defaults(handler=_demo)
     check = commands.add_parser("check", help="validate rules files (exit 0 when valid, 1 otherwise)")
     check.add_argument("files", nargs="+", help="rules files, directories or globs")
     check.add_argument("--model.engine", dest="model_engine", default=None, help="default engine (OA_MODEL_ENGINE)")
@@ -106,6 +113,16 @@ def _run(args: argparse.Namespace) -> int:
     from .daemon import serve
 
     return asyncio.run(serve(settings))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ..demo.run import run_demo
+    from .logs import configure
+
+    settings = _settings(args)
+    configure(settings.log_level, settings.log_format)
+    _install_uvloop()
+    return asyncio.run(run_demo(settings))
 
 
 def _install_uvloop() -> None:
