@@ -37,7 +37,7 @@ def default_model(settings: Settings, engines: Mapping[str, ModelEngine]) -> Mod
     engine = engines.get(settings.model_engine)
     if engine is None:
         raise ValueError(f"OA_MODEL_ENGINE={settings.model_engine!r} is not one of {sorted(engines)}")
-    return ModelSpec(settings.model_engine, getattr(engine, "default_model"), {})
+    return ModelSpec(settings.model_engine, engine.default_model, {})
 
 
 def model_checker(engines: Mapping[str, ModelEngine]) -> Callable[[ModelSpec], None]:
@@ -90,6 +90,7 @@ class App:
             for problem in e.problems:
                 log.error("rules not loaded: %s", problem)
             self.telemetry.rules_loaded(None, False, self.clock())
+            self.page.flush()  # the failure shows on /metrics now, not at the next cycle
             return False
         self.rules = rules
         await self.runner.apply(rules)

@@ -86,6 +86,10 @@ def _convert(f: Any, raw: str) -> Any:
     if kind is bool:
         return raw.strip().lower() in ("1", "true", "yes", "on")
     try:
-        return kind(raw)
+        value = kind(raw)
     except ValueError as e:
         raise ValueError(f"{f.metadata['env']}={raw!r}: expected {kind.__name__}") from e
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:  # as the flag's argparse choices do
+        raise ValueError(f"{f.metadata['env']}={raw!r}: expected one of {', '.join(choices)}")
+    return value

@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,7 @@ import numpy as np
 SeriesKey = bytes  # canonical, sorted label set of one input series, as the TSDB adapter encodes it
 
 
-class Direction(str, Enum):
+class Direction(StrEnum):
     """Which side of the forecast may score above 0."""
 
     BOTH = "both"
@@ -22,7 +22,7 @@ class Direction(str, Enum):
     BELOW = "below"
 
 
-class SeriesState(str, Enum):
+class SeriesState(StrEnum):
     """Where one series of a rule stands."""
 
     READY = "ready"

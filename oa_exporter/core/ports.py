@@ -37,6 +37,7 @@ class ModelEngine(Protocol):
     """The brain: fits a batch of series and forecasts bands for them."""
 
     name: str
+    default_model: str  # what a rule that names only this engine (or nothing) gets
 
     def validate(self, spec: ModelSpec) -> None:
         """Raise ValueError if this engine cannot build the model the spec names."""

@@ -57,7 +57,10 @@ def make_source(signals: DemoSignals, clock: Callable[[], float] = time.time) ->
         at = min(float(params.get("time", clock())), clock())
         rows = select(signals, params["query"])
         values = signals.values(rows, np.array([at]))[:, 0]
-        result = [{"metric": signals.series[r].metric, "value": [at, repr(float(v))]} for r, v in zip(rows, values)]
+        result = [
+            {"metric": signals.series[r].metric, "value": [at, repr(float(v))]}
+            for r, v in zip(rows, values, strict=True)
+        ]
         return _ok("vector", result)
 
     async def query_range(request: web.Request) -> web.Response:
@@ -70,9 +73,10 @@ def make_source(signals: DemoSignals, clock: Callable[[], float] = time.time) ->
         grid = grid[grid >= now - HISTORY]
         rows = select(signals, params["query"])
         values = signals.values(rows, grid)
+        times = grid.tolist()
         result = [
-            {"metric": signals.series[r].metric, "values": [[t, repr(v)] for t, v in zip(grid.tolist(), row.tolist())]}
-            for r, row in zip(rows, values)
+            {"metric": signals.series[r].metric, "values": list(map(list, zip(times, map(repr, row.tolist()))))}
+            for r, row in zip(rows, values, strict=True)
         ]
         return _ok("matrix", result)
 
@@ -94,7 +98,7 @@ def make_source(signals: DemoSignals, clock: Callable[[], float] = time.time) ->
 async def _params(request: web.Request) -> dict[str, str]:
     params = dict(request.query)
     if request.method == "POST":
-        params.update(await request.post())
+        params.update({k: str(v) for k, v in (await request.post()).items()})
     return params
 
 

@@ -89,7 +89,7 @@ def _check(args: argparse.Namespace) -> int:
             rules = store.load_files([path])
         except RuleError as e:
             failed = True
-            print(f"  FAILED:\n" + "\n".join(str(p) for p in e.problems), file=sys.stderr)
+            print("  FAILED:\n" + "\n".join(str(p) for p in e.problems), file=sys.stderr)
             continue
         print(f"  SUCCESS: {len(rules.rules)} rules found")
     if not failed:

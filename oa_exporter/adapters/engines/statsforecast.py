@@ -54,7 +54,10 @@ class StatsForecastEngine:
         return pickle.dumps(fitted, protocol=pickle.HIGHEST_PROTOCOL)
 
     def loads(self, data: bytes) -> Fitted:
-        fitted = pickle.loads(data)
+        try:
+            fitted = pickle.loads(data)
+        except Exception as e:  # noqa: BLE001 - truncated, foreign or from another version: unreadable alike
+            raise ValueError(f"artifact payload is unreadable: {type(e).__name__}: {e}") from e
         if not isinstance(fitted, Fitted) or not isinstance(fitted.payload, _Payload):
             raise ValueError("artifact payload is not a statsforecast engine model")
         return fitted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 
@@ -119,7 +120,5 @@ class PrometheusTelemetry:
 
 
 def _remove(metric: Gauge | Counter | Histogram, *labels: str) -> None:
-    try:
+    with contextlib.suppress(KeyError):  # never observed for this rule: nothing to remove
         metric.remove(*labels)
-    except KeyError:
-        pass

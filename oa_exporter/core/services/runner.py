@@ -38,7 +38,8 @@ class RuleSlot:
             return since >= min(self.rule.train_every, interval * 2 ** min(self.failures, 6))
         if now - self.forecasts.model.trained_at >= self.rule.train_every:
             return since >= interval
-        return self.unmodelled > 0 and since >= min(self.rule.train_every, NEW_SERIES_REFIT)
+        last = max(self.last_fit_attempt, self.forecasts.model.trained_at)  # a model loaded at start counts
+        return self.unmodelled > 0 and now - last >= min(self.rule.train_every, NEW_SERIES_REFIT)
 
 
 @dataclass
