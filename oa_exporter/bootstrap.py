@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .adapters.config.promql import check_promql
+from .adapters.config.watcher import RulesWatcher
 from .adapters.config.yaml_rules import YamlConfigStore
 from .adapters.dispatch.local_pool import LocalPoolDispatcher
 from .adapters.engines.statsforecast import StatsForecastEngine
@@ -81,23 +84,45 @@ class App:
     runner: Runner
     clock: Callable[[], float]
     rules: RuleSet | None = None
+    rules_version: str = ""
+    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def load_rules(self) -> bool:
         """(Re)load the rules; a bad load keeps the current rules and says why, with file:line."""
+        async with self._reloading:
+            self.rules_version = await asyncio.to_thread(self.rules_store.version)
+            try:
+                rules = await asyncio.to_thread(self.rules_store.load)
+            except RuleError as e:
+                for problem in e.problems:
+                    log.error("rules not loaded, the previous rules stay in force: %s", problem)
+                self.telemetry.rules_loaded(None, False, self.clock())
+                self.page.flush()  # the failure shows on /metrics now, not at the next cycle
+                return False
+            self.rules = rules
+            await self.runner.apply(rules)
+            self.telemetry.rules_loaded(rules, True, self.clock())
+            self.page.flush()
+            log.info("loaded %d rules in %d groups", len(rules.rules), len(rules.groups))
+            return True
+
+    async def watch_rules(self, poll_interval: float) -> None:
+        """Reload when the rules files change: file events at once, a content-hash poll for lost events
+        (a Kubernetes ConfigMap swaps a symlink, which watchers can miss)."""
+        loop = asyncio.get_running_loop()
+        poked = asyncio.Event()
+        watcher = RulesWatcher(self.rules_store.directories(), lambda: loop.call_soon_threadsafe(poked.set))
+        watcher.start()
         try:
-            rules = self.rules_store.load()
-        except RuleError as e:
-            for problem in e.problems:
-                log.error("rules not loaded: %s", problem)
-            self.telemetry.rules_loaded(None, False, self.clock())
-            self.page.flush()  # the failure shows on /metrics now, not at the next cycle
-            return False
-        self.rules = rules
-        await self.runner.apply(rules)
-        self.telemetry.rules_loaded(rules, True, self.clock())
-        self.page.flush()
-        log.info("loaded %d rules in %d groups", len(rules.rules), len(rules.groups))
-        return True
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(poked.wait(), poll_interval)
+                    await asyncio.sleep(0.2)  # let an editor or a ConfigMap swap finish writing
+                poked.clear()
+                if await asyncio.to_thread(self.rules_store.version) != self.rules_version:
+                    await self.load_rules()
+        finally:
+            watcher.stop()
 
     async def close(self) -> None:
         """Stop scoring and training, release connections; safe to call twice."""

@@ -20,6 +20,9 @@ class Settings:
 
     rules: tuple[str, ...] = field(default=(), metadata=_opt(
         "--rules", "OA_RULES", "rules files, directories or globs (repeatable; env: comma-separated)", many=True))
+    rules_poll_interval: float = field(default=10.0, metadata=_opt(
+        "--rules.poll-interval", "OA_RULES_POLL_INTERVAL",
+        "seconds between checks of the rules files' content (file events reload at once; 0 = no watching)"))
     prometheus_url: str = field(default="http://localhost:9090", metadata=_opt(
         "--prometheus-url", "OA_PROMETHEUS_URL", "base URL of the Prometheus-API TSDB to read from"))
     web_listen_address: str = field(default=f":{DEFAULT_PORT}", metadata=_opt(

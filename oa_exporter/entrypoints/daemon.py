@@ -31,11 +31,16 @@ async def serve(settings: Settings, app: App | None = None, stop: asyncio.Event 
         return 1
     web_runner = await _start_web(app, settings.web_listen_address)
     _install_signals(app, stop)
+    watching = asyncio.create_task(app.watch_rules(settings.rules_poll_interval), name="watch-rules")
+    if settings.rules_poll_interval <= 0:
+        watching.cancel()
     log.info("listening on %s", settings.web_listen_address)
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
         await web_runner.cleanup()
         await app.close()
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,27 @@ class YamlConfigStore:
     def load(self) -> RuleSet:
         return self.load_files(self.files())
 
+    def version(self) -> str:
+        """Hash of which files the patterns name and what they hold: changes whenever a reload would."""
+        digest = hashlib.sha256()
+        for path in self.files():
+            digest.update(str(path).encode() + b"\0")
+            try:
+                digest.update(path.read_bytes())
+            except OSError as e:
+                digest.update(f"unreadable: {e}".encode())
+        return digest.hexdigest()
+
+    def directories(self) -> list[Path]:
+        """Directories whose changes may change the rules: watched for events."""
+        found = []
+        for pattern in self.patterns:
+            path = Path(pattern)
+            if glob.has_magic(pattern):
+                path = _deepest_plain_directory(pattern)
+            found.append(path if path.is_dir() else path.parent)
+        return list(dict.fromkeys(p for p in found if p.is_dir()))
+
     def load_files(self, files: Sequence[Path]) -> RuleSet:
         """Parse and validate these files together (rule names must be unique across them)."""
         documents, problems = [], []
@@ -110,6 +132,12 @@ class YamlConfigStore:
         if problems:
             raise RuleError(problems)
         return rules
+
+
+def _deepest_plain_directory(pattern: str) -> Path:
+    parts = Path(pattern).parts
+    plain = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    return Path(*parts[:plain]) if plain else Path(".")
 
 
 def _is_rules_file(path: Path) -> bool:

@@ -1,0 +1,71 @@
+"""The anomaly score on values worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from oa_exporter.core.domain import Direction
+from oa_exporter.core.scoring import anomaly_score
+
+
+def score(y: float, yhat: float = 10.0, lower: float = 6.0, upper: float = 12.0,
+          direction: Direction = Direction.BOTH) -> float:
+    """Score of one sample; the default band is asymmetric: 4 below the forecast, 2 above."""
+    result = anomaly_score(np.array([y]), np.array([yhat]), np.array([lower]), np.array([upper]), direction)
+    return float(result[0])
+
+
+def test_at_the_forecast_the_score_is_zero():
+    assert score(10.0) == 0.0
+
+
+def test_on_the_upper_edge_the_score_is_one():
+    assert score(12.0) == 1.0
+
+
+def test_beyond_the_upper_edge_the_score_is_the_distance_in_upper_widths():
+    assert score(15.0) == pytest.approx(2.5)  # (15 - 10) / (12 - 10)
+
+
+def test_below_the_forecast_the_lower_width_is_the_unit():
+    assert score(8.0) == pytest.approx(0.5)  # (10 - 8) / (10 - 6)
+    assert score(6.0) == pytest.approx(1.0)
+    assert score(0.0) == pytest.approx(2.5)  # (10 - 0) / (10 - 6)
+
+
+@pytest.mark.parametrize(
+    ("direction", "y", "expected"),
+    [
+        (Direction.ABOVE, 15.0, 2.5),
+        (Direction.ABOVE, 0.0, 0.0),
+        (Direction.BELOW, 15.0, 0.0),
+        (Direction.BELOW, 0.0, 2.5),
+        (Direction.BOTH, 15.0, 2.5),
+        (Direction.BOTH, 0.0, 2.5),
+    ],
+)
+def test_direction_zeroes_the_side_that_may_not_alarm(direction, y, expected):
+    assert score(y, direction=direction) == pytest.approx(expected)
+
+
+def test_a_zero_width_band_scores_zero_on_the_forecast_and_huge_but_finite_off_it():
+    assert score(42.0, 42.0, 42.0, 42.0) == 0.0
+    off = score(43.0, 42.0, 42.0, 42.0)
+    assert math.isfinite(off)
+    assert off == pytest.approx(1 / (1e-9 * 42))  # floored at 1e-9 * |yhat|
+    assert score(0.5, 0.0, 0.0, 0.0) == pytest.approx(0.5 / 1e-9)  # floored at 1e-9 * 1 near zero
+
+
+@pytest.mark.parametrize("direction", list(Direction))
+def test_a_missing_sample_or_forecast_scores_nan(direction):
+    assert math.isnan(score(math.nan, direction=direction))
+    assert math.isnan(score(10.0, yhat=math.nan, lower=math.nan, upper=math.nan, direction=direction))
+
+
+def test_scores_a_whole_rule_at_once():
+    y = np.array([10.0, 12.0, 15.0, 8.0, np.nan])
+    result = anomaly_score(y, np.full(5, 10.0), np.full(5, 6.0), np.full(5, 12.0))
+    np.testing.assert_allclose(result, [0.0, 1.0, 2.5, 0.5, np.nan])

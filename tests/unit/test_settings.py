@@ -1,0 +1,69 @@
+"""Settings from OA_* variables and command-line overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from oa_exporter.settings import DEFAULT_PORT, Settings
+
+
+def test_defaults_without_environment():
+    settings = Settings.from_env({})
+    assert settings == Settings()
+    assert settings.web_listen_address == f":{DEFAULT_PORT}"
+    assert settings.rules == ()
+    assert settings.insecure_skip_verify is False
+
+
+def test_reads_oa_variables():
+    settings = Settings.from_env({
+        "OA_RULES": "rules/a.yaml, rules/extra/ ,,/etc/oa/*.yml",
+        "OA_WEB_LISTEN_ADDRESS": "127.0.0.1:9999",
+        "OA_LOG_LEVEL": "debug",
+        "OA_PROMETHEUS_URL": "http://prom:9090",
+        "OA_PROMETHEUS_TIMEOUT": "2.5",
+        "OA_PROMETHEUS_RETRIES": "5",
+        "OA_PROMETHEUS_HEADERS": "X-Scope-OrgID: team-a",
+        "HOME": "/ignored",
+    })
+    assert settings.rules == ("rules/a.yaml", "rules/extra/", "/etc/oa/*.yml")
+    assert settings.web_listen_address == "127.0.0.1:9999"
+    assert settings.log_level == "debug"
+    assert settings.prometheus_url == "http://prom:9090"
+    assert settings.query_timeout == 2.5
+    assert settings.query_retries == 5
+    assert settings.headers == ("X-Scope-OrgID: team-a",)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("true", True), ("1", True), ("YES", True), ("on", True),
+                                               ("false", False), ("0", False), ("no", False)])
+def test_booleans(raw, expected):
+    assert Settings.from_env({"OA_PROMETHEUS_TLS_INSECURE_SKIP_VERIFY": raw}).insecure_skip_verify is expected
+
+
+def test_an_empty_variable_means_the_default():
+    assert Settings.from_env({"OA_LOG_LEVEL": "", "OA_RULES": ""}) == Settings()
+
+
+def test_a_number_that_is_not_one_names_its_variable():
+    with pytest.raises(ValueError, match="OA_PROMETHEUS_RETRIES='many': expected int"):
+        Settings.from_env({"OA_PROMETHEUS_RETRIES": "many"})
+
+
+def test_a_value_outside_the_choices_names_its_variable():
+    with pytest.raises(ValueError, match="OA_LOG_LEVEL='verbose'"):
+        Settings.from_env({"OA_LOG_LEVEL": "verbose"})
+
+
+def test_reads_the_process_environment_by_default(monkeypatch):
+    monkeypatch.setenv("OA_ARTIFACT_DIR", "/var/lib/oa")
+    assert Settings.from_env().artifact_dir == "/var/lib/oa"
+
+
+def test_overrides_replace_only_what_is_given():
+    base = Settings.from_env({"OA_LOG_LEVEL": "warn", "OA_RULES": "a.yaml"})
+    changed = base.with_overrides({"rules": ("b.yaml",), "log_level": None, "pool_workers": 2})
+    assert changed.rules == ("b.yaml",)
+    assert changed.log_level == "warn"
+    assert changed.pool_workers == 2
+    assert base.rules == ("a.yaml",)  # frozen: the original is untouched
