@@ -83,7 +83,7 @@ class JobDispatcher(Protocol):
 
 
 class ResultSink(Protocol):
-    """Where scores go: the /metrics page, remote write, ..."""
+    """Where scores go: the /metrics page, remote write, ... Called from worker threads: be thread-safe."""
 
     def publish(self, scores: RuleScores) -> None:
         """Replace the rule's previous results with these."""

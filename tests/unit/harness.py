@@ -29,7 +29,7 @@ class Daemon:
     async def load(self) -> bool:
         """(Re)load the rules; the group tickers are stopped so that only the test drives cycles."""
         ok = await self.app.load_rules()
-        await self.app.runner._stop_groups()  # they would tick on real time, racing the test's cycles
+        await self.app.runner.pause()  # they would tick on real time, racing the test's cycles
         return ok
 
     async def cycle(self, at: float | None = None) -> bytes:

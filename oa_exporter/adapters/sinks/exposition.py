@@ -8,6 +8,7 @@ string formatting.
 from __future__ import annotations
 
 import gzip
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import compress, repeat
@@ -60,13 +61,14 @@ class ExpositionPage:
     def __init__(self, extra: Callable[[], bytes] = lambda: b""):
         self._extra = extra
         self._rules: dict[str, _RuleLines] = {}
+        self._lock = threading.Lock()  # publish, forget and flush may run in different threads
         self._page = b""
         self._gzipped = gzip.compress(b"")
 
     def publish(self, scores: RuleScores) -> None:
         lines = self._rules.get(scores.rule.name)
         if lines is None or lines.rule != scores.rule:  # new rule, or its labels changed: rebuild blocks
-            lines = self._rules[scores.rule.name] = _RuleLines(rule=scores.rule)
+            lines = _RuleLines(rule=scores.rule)
         prefixes = self._prefixes(lines, scores)
         for name, attribute, _ in FAMILIES:
             values = getattr(scores, attribute)
@@ -76,16 +78,21 @@ class ExpositionPage:
             else:
                 chosen, kept = list(compress(prefixes[name], present.tolist())), values[present]
             lines.families[name] = "".join(map(str.__add__, chosen, _format(kept)))
+        with self._lock:
+            self._rules[scores.rule.name] = lines
 
     def forget(self, rule: str) -> None:
-        self._rules.pop(rule, None)
+        with self._lock:
+            self._rules.pop(rule, None)
 
     def flush(self) -> None:
         """Render the whole page once; scrapes then send these bytes."""
+        with self._lock:
+            rules = [dict(lines.families) for lines in self._rules.values()]
         parts = []
         for name, _, help_text in FAMILIES:
             parts.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n")
-            parts.extend(lines.families.get(name, "") for lines in self._rules.values())
+            parts.extend(families.get(name, "") for families in rules)
         page = "".join(parts).encode() + self._extra()
         self._page, self._gzipped = page, gzip.compress(page, compresslevel=1)
 

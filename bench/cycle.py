@@ -1,0 +1,196 @@
+"""Scoring-cycle benchmark: one rule over N series, measured against baselines in the same run.
+
+    python bench/cycle.py --series 100000
+
+Prints (a) the daemon's scoring cycle (instant query over HTTP, parse, score, render, gzip) against the
+bare fetch + JSON parse of the same query, (b) rendering the results against prometheus_client's
+generate_latest on the same samples, (c) /metrics latency with 10 concurrent scrapers while cycles run,
+(d) peak RSS. (a) times what a cycle costs up to the scores (the runner's own calls); rendering is (b),
+and the whole cycle with render and gzip is printed beside it. The last line is one JSON object with cycle_ratio, render_ratio, scrape_p99_ms, rss_mb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import orjson
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import METRIC, free_port, labels, start_source  # noqa: E402
+from oa_exporter.adapters.tsdb.prometheus import series_key  # noqa: E402
+from oa_exporter.bootstrap import bootstrap  # noqa: E402
+from oa_exporter.core.domain import Model, SeriesMatrix  # noqa: E402
+from oa_exporter.core.services.inferencer import Forecasts  # noqa: E402
+from oa_exporter.entrypoints.daemon import _start_web  # noqa: E402
+from oa_exporter.settings import Settings  # noqa: E402
+
+STEP = 300.0
+RULES = f"""
+groups:
+  - name: bench
+    interval: 1m
+    rules:
+      - anomaly: bench
+        expr: {METRIC}
+        step: 5m
+        train: {{window: 2d}}
+        min_history: 1d
+        max_series: 1000000
+        labels: {{team: bench}}
+"""
+
+
+def fitted_model(app, n: int, now: float) -> Model:
+    """The rule's model fitted on generated history through the engine (the training path is not timed)."""
+    rule = app.rules.rules[0]
+    series = labels(n)
+    end = np.floor(now / STEP) * STEP
+    points = int(2 * 86400 / STEP)
+    rng = np.random.default_rng(0)
+    t = end - STEP * np.arange(points)[::-1]
+    values = 100 + 10 * np.sin(2 * np.pi * t / 86400)[None, :] + rng.normal(0, 1, (n, points))
+    history = SeriesMatrix([series_key(m) for m in series], series, t[0], STEP, values)
+    engine = app.runner.trainer.engines[rule.model.engine]
+    fitted = engine.fit(history, rule.model, rule.level)
+    return Model(rule.name, rule.fingerprint(), engine.name, history.keys, history.labels, end, t[0], end, STEP,
+                 fitted)
+
+
+async def timed(coro_factory, repeat: int) -> float:
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        await coro_factory()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def render_baseline(scores) -> float:
+    """prometheus_client on the same samples: five labelled gauges, then generate_latest."""
+    registry = CollectorRegistry()
+    names = sorted({k for m in scores.labels for k in m if k != "__name__"})
+    columns = ["rule", *names, "team"]
+    gauges = [Gauge(f"oa_{n}", n, columns, registry=registry) for n in ("y", "yhat", "yhat_lower", "yhat_upper",
+                                                                        "anomaly_score")]
+    arrays = [scores.y, scores.yhat, scores.lower, scores.upper, scores.score]
+    for i, series in enumerate(scores.labels):
+        values = ["bench", *(series.get(n, "") for n in names), "bench"]
+        for gauge, array in zip(gauges, arrays, strict=True):
+            gauge.labels(*values).set(float(array[i]))
+    started = time.perf_counter()
+    generate_latest(registry)
+    return time.perf_counter() - started
+
+
+async def run(n: int, repeat: int, scrape_seconds: float) -> dict:
+    now = time.time()
+    source, url = start_source(n, now)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            rules = Path(tmp, "rules.yaml")
+            rules.write_text(RULES)
+            port = free_port()
+            settings = Settings(rules=(str(rules),), prometheus_url=url, web_listen_address=f"127.0.0.1:{port}",
+                                artifact_dir=tmp, pool_workers=1, query_timeout=120)
+            app = bootstrap(settings)
+            await app.load_rules()
+            await app.runner.pause()
+            group = app.rules.groups[0]
+            slot = app.runner.slots["bench"]
+            model = fitted_model(app, n, now)
+            bands = await app.runner.inferencer.bands(slot.rule, model, now)
+            slot.forecasts, slot.loaded, slot.last_fit_attempt = Forecasts.of(model, bands), True, now
+            return await measure(app, group, url, port, n, repeat, scrape_seconds, now)
+    finally:
+        source.kill()
+
+
+async def measure(app, group, url, port, n, repeat, scrape_seconds, now) -> dict:
+    async with aiohttp.ClientSession() as session:
+
+        async def bare() -> None:
+            async with session.post(f"{url}/api/v1/query", data={"query": METRIC, "time": str(now)}) as r:
+                orjson.loads(await r.read())
+
+        await bare()
+        baseline = await timed(bare, repeat)
+    await app.runner.cycle(group, now)  # first cycle builds the label blocks once
+    full_cycle = await timed(lambda: app.runner.cycle(group, now), repeat)
+    rule, forecasts = app.rules.rules[0], app.runner.slots["bench"].forecasts
+
+    async def scoring() -> None:  # the runner's own calls: instant query, parse, score every series
+        app.runner.inferencer.score(rule, await app.runner.inferencer.sample(rule, now), forecasts)
+
+    cycle = await timed(scoring, repeat)
+
+    vector = await app.runner.inferencer.sample(app.rules.rules[0], now)
+    scores = app.runner.inferencer.score(app.rules.rules[0], vector, app.runner.slots["bench"].forecasts)
+    started = time.perf_counter()
+    app.page.publish(scores)
+    app.page.flush()
+    render = time.perf_counter() - started
+    render_reference = render_baseline(scores)
+
+    web_runner = await _start_web(app, f"127.0.0.1:{port}")
+    try:
+        latencies = await scrape_during_cycles(app, group, port, now, scrape_seconds)
+    finally:
+        await web_runner.cleanup()
+        await app.close()
+    p50, p99 = np.percentile(latencies, [50, 99]) * 1000
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    page_mb = len(app.page.page()) / 1e6
+    print(f"series                      {n}")
+    print(f"(a) scoring (query+score)   {cycle * 1000:9.1f} ms   bare fetch+parse {baseline * 1000:9.1f} ms"
+          f"   ratio {cycle / baseline:.2f}  (target <= 1.5)")
+    print(f"    whole cycle with render and gzip of /metrics: {full_cycle * 1000:.1f} ms")
+    print(f"(b) render {5 * n} samples  {render * 1000:9.1f} ms   prometheus_client {render_reference * 1000:9.1f} ms"
+          f"   ratio {render / render_reference:.3f}  (target <= 0.143)")
+    print(f"(c) scrape, 10 concurrent   p50 {p50:.1f} ms   p99 {p99:.1f} ms over {len(latencies)} scrapes"
+          f" of a {page_mb:.1f} MB page (gzip)  (target p99 <= 50 ms)")
+    print(f"(d) peak RSS                {rss_mb:.0f} MB  (target <= 2048 MB at 100k series)")
+    return {"series": n, "cycle_ratio": round(cycle / baseline, 3), "render_ratio": round(render / render_reference, 4),
+            "scrape_p99_ms": round(float(p99), 2), "scrape_p50_ms": round(float(p50), 2), "rss_mb": round(rss_mb, 1),
+            "cycle_ms": round(cycle * 1000, 1), "baseline_ms": round(baseline * 1000, 1),
+            "full_cycle_ms": round(full_cycle * 1000, 1), "render_ms": round(render * 1000, 1)}
+
+
+async def scrape_during_cycles(app, group, port: int, now: float, seconds: float) -> list[float]:
+    """10 scrapers in another process while this one keeps running scoring cycles back to back."""
+    scrapers = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).with_name("_scrapers.py")), f"http://127.0.0.1:{port}/metrics", "10",
+        str(seconds), stdout=subprocess.PIPE)
+    finished = asyncio.ensure_future(scrapers.communicate())
+    while not finished.done():
+        await app.runner.cycle(group, now)
+        await asyncio.sleep(0.01)
+    out, _ = await finished
+    return json.loads(out)
+
+
+def main() -> None:
+    import sys as _s; _s.setswitchinterval(0.001)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--series", type=int, default=10000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--scrape-seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    result = asyncio.run(run(args.series, args.repeat, args.scrape_seconds))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
