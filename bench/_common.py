@@ -70,3 +70,19 @@ def start_source(n: int, at: float) -> tuple[multiprocessing.Process, str]:
             time.sleep(0.2)
     process.kill()
     raise RuntimeError("benchmark source did not start")
+
+
+def fit_job(n: int, now: float, step: float, spec, level: float):
+    """Generate two days of history for the n series and fit them: runs in a worker, as training does."""
+    from oa_exporter.adapters.engines.statsforecast import StatsForecastEngine
+    from oa_exporter.adapters.tsdb.prometheus import series_key
+    from oa_exporter.core.domain import SeriesMatrix
+
+    series = labels(n)
+    end = np.floor(now / step) * step
+    points = int(2 * 86400 / step)
+    t = end - step * np.arange(points)[::-1]
+    rng = np.random.default_rng(0)
+    values = 100 + 10 * np.sin(2 * np.pi * t / 86400)[None, :] + rng.normal(0, 1, (n, points))
+    history = SeriesMatrix([series_key(m) for m in series], series, t[0], step, values)
+    return history.keys, history.labels, t[0], end, StatsForecastEngine().fit(history, spec, level)

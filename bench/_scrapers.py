@@ -1,32 +1,33 @@
-"""Concurrent scrapers for bench/cycle.py: N threads GET /metrics like Prometheus (gzip) for a while."""
+"""Concurrent scrapers for bench/cycle.py: N curl processes GET /metrics like Prometheus does (gzip,
+keep-alive) for a while; curl's own timer measures each transfer. Prints every latency as JSON."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
-import threading
 import time
-import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+BATCH = 5  # transfers per curl process, over one kept-alive connection
 
 
-def scrape_for(url: str, seconds: float, out: list[float]) -> None:
-    request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+def scrape_for(url: str, seconds: float) -> list[float]:
+    latencies: list[float] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        started = time.perf_counter()
-        with urllib.request.urlopen(request, timeout=30) as response:
-            response.read()
-        out.append(time.perf_counter() - started)
+        command = ["curl", "-s", "-H", "Accept-Encoding: gzip", "-w", "%{time_total}\\n"]
+        for _ in range(BATCH):
+            command += ["-o", "/dev/null", url]
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        latencies.extend(float(x) for x in out.split())
+    return latencies
 
 
 def main() -> None:
     url, scrapers, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    results: list[list[float]] = [[] for _ in range(scrapers)]
-    threads = [threading.Thread(target=scrape_for, args=(url, seconds, r)) for r in results]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(scrapers) as pool:
+        results = list(pool.map(lambda _: scrape_for(url, seconds), range(scrapers)))
     print(json.dumps([x for r in results for x in r]))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -122,10 +122,13 @@ class SeriesMatrix:
 
 @dataclass(frozen=True)
 class InstantVector:
-    """The latest sample of every series an instant query returned."""
+    """The latest sample of every series an instant query returned.
+
+    `labels` may be computed lazily from the keys: read it only for series you have not seen before.
+    """
 
     keys: list[SeriesKey]
-    labels: list[dict[str, str]]
+    labels: Sequence[Mapping[str, str]]
     values: np.ndarray
     timestamp: float
 
@@ -173,6 +176,8 @@ class Model:
     window_end: float
     step: float
     fitted: Fitted
+    versions: Mapping[str, str] = field(default_factory=dict)  # the engine's library versions that fitted it
+    artifact: str = ""  # its id in the artifact store, once stored (or when loaded from there)
 
 
 @dataclass(frozen=True)
@@ -181,14 +186,55 @@ class RuleScores:
 
     rule: Rule
     keys: list[SeriesKey]
-    labels: list[dict[str, str]]
+    labels: Sequence[Mapping[str, str]]
     timestamp: float
     y: np.ndarray
     yhat: np.ndarray
     lower: np.ndarray
     upper: np.ndarray
     score: np.ndarray
+    states: Mapping[str, int] = field(default_factory=dict)  # how many series are in each SeriesState
 
     @property
     def ready(self) -> np.ndarray:
         return ~np.isnan(self.yhat)
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """A stored model as a store lists it, without reading it."""
+
+    id: str
+    rule: str
+    fingerprint: str
+    trained_at: float
+
+
+@dataclass(frozen=True)
+class FitRecord:
+    """How a rule's last fit went; kept beside its artifacts, so that restarts and other replicas see it."""
+
+    rule: str
+    fingerprint: str
+    finished_at: float
+    ok: bool
+    error: str = ""
+    trained_at: float | None = None  # training time of the model the rule has (the last good fit)
+    series: Mapping[str, int] = field(default_factory=dict)  # series per SeriesState when it was fitted
+    artifact: str = ""  # the artifact holding that model
+
+
+@dataclass(frozen=True)
+class RuleStatus:
+    """One rule as GET /api/v1/rules shows it."""
+
+    name: str
+    group: str
+    state: str  # ok, error, fitting (no model yet, first fit running) or pending (no model yet)
+    series: Mapping[str, int]
+    last_fit: float | None  # training time of the model in use (unix seconds)
+    next_fit: float | None  # when the next fit is due; None while one runs
+    fits_since_start: int  # fits this process started for the rule
+    artifact: str | None  # the stored model in use
+    error: str | None
+    fingerprint: str

@@ -146,3 +146,14 @@ async def test_basic_auth_is_sent(tmp_path):
         await client.close()
         await runner.cleanup()
     assert seen == ["Basic b2E6aHVudGVyMg=="]
+
+
+async def test_instant_and_range_queries_name_series_identically(tsdb):
+    client = PrometheusClient(tsdb.url)
+    try:
+        vector = await client.query("oa_test_requests", tsdb.scenario.end)
+        history = await client.query_range("oa_test_requests", tsdb.scenario.end - 3600, tsdb.scenario.end, 60)
+    finally:
+        await client.close()
+    assert set(vector.keys) == set(history.keys)
+    assert sorted(map(dict, vector.labels), key=str) == sorted(history.labels, key=str)

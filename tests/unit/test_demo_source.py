@@ -52,3 +52,18 @@ async def test_the_production_reader_reads_the_demo_source(aiohttp_server):
     assert len(vector.keys) == 2 and history.values.shape == (2, 1441)
     assert np.allclose(history.values[:, -1], vector.values)
     assert set(history.keys) == set(vector.keys)
+
+
+def test_fast_instant_parse_matches_the_full_parser_even_with_escapes():
+    from oa_exporter.adapters.tsdb.prometheus import _fast_vector, _parsed_vector, series_key
+
+    body = (b'{"status":"success","data":{"resultType":"vector","result":['
+            b'{"metric":{"__name__":"x","path":"/a?b=1\\u0026c=\\u003c2\\u003e","q":"say \\"hi\\""},"value":[1,"2.5"]},'
+            b'{"metric":{"__name__":"x","path":"/plain","\xc3\xa9":"\xc3\xa9t\xc3\xa9"},"value":[1,"NaN"]},'
+            b'{"metric":{},"value":[1,"+Inf"]}]}}')
+    fast, full = _fast_vector(body, 1.0), _parsed_vector(body, 1.0)
+    assert fast is not None
+    assert fast.keys == full.keys == [series_key(dict(m)) for m in full.labels]
+    assert list(map(dict, fast.labels)) == list(full.labels)
+    assert np.array_equal(fast.values, full.values, equal_nan=True)
+    assert _fast_vector(b'{"status":"success","data":{"resultType":"vector","result":[]}}', 1.0) is None

@@ -25,6 +25,7 @@ FAMILIES = (
     ("oa_anomaly_score", "score", "Anomaly score: 0 at the forecast, 1 on the band's edge, above 1 outside."),
 )
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+SLICE = 8192
 
 
 def output_labels(rule: Rule, series: Mapping[str, str]) -> dict[str, str]:
@@ -77,7 +78,7 @@ class ExpositionPage:
                 chosen, kept = prefixes[name], values
             else:
                 chosen, kept = list(compress(prefixes[name], present.tolist())), values[present]
-            lines.families[name] = "".join(map(str.__add__, chosen, _format(kept)))
+            lines.families[name] = _lines(chosen, kept)
         with self._lock:
             self._rules[scores.rule.name] = lines
 
@@ -96,6 +97,7 @@ class ExpositionPage:
         page = "".join(parts).encode() + self._extra()
         self._page, self._gzipped = page, gzip.compress(page, compresslevel=1)
 
+
     def page(self, gzipped: bool = False) -> bytes:
         """The latest rendered page."""
         return self._gzipped if gzipped else self._page
@@ -105,12 +107,22 @@ class ExpositionPage:
             return lines.prefixes
         blocks = lines.blocks
         fresh = {}
-        for key, series in zip(scores.keys, scores.labels, strict=True):
-            fresh[key] = blocks.get(key) or label_block(output_labels(scores.rule, series))
+        for i, key in enumerate(scores.keys):  # labels are read (and maybe parsed) only for new series
+            block = blocks.get(key)
+            fresh[key] = block if block is not None else label_block(output_labels(scores.rule, scores.labels[i]))
         lines.blocks, lines.keys = fresh, scores.keys
         ordered = [fresh[k] for k in scores.keys]
         lines.prefixes = {name: [name + b for b in ordered] for name, _, _ in FAMILIES}
         return lines.prefixes
+
+
+def _lines(prefixes: list[str], values: np.ndarray) -> str:
+    """Prefix + value + newline for every series, joined in slices so no single C call holds the GIL long
+    (the event loop serving scrapes waits for it)."""
+    return "".join(
+        "".join(map(str.__add__, prefixes[i : i + SLICE], _format(values[i : i + SLICE])))
+        for i in range(0, len(prefixes), SLICE)
+    )
 
 
 def _format(values: np.ndarray) -> Iterable[str]:
