@@ -85,10 +85,10 @@ def prometheus(tmp_path_factory):
         yield server
 
 
-async def run_daemon(prometheus, tmp_path: Path, rules: str = RULES):
+async def run_daemon(prometheus, tmp_path: Path, rules: str = RULES, port: int | None = None):
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(rules)
-    port = free_port()
+    port = port or free_port()
     settings = Settings(
         rules=(str(rules_file),), prometheus_url=prometheus.url, web_listen_address=f"127.0.0.1:{port}",
         artifact_dir=str(tmp_path / "models"), pool_workers=1, query_retries=1,

@@ -63,10 +63,22 @@ class PrometheusTelemetry:
                                  "model failed.", ["rule"], registry=r)
         self.last_fit = Gauge("oa_model_last_fit_timestamp_seconds", "Training time of the model in use.",
                               ["rule"], registry=r)
+        self.refit_period = Gauge("oa_rule_refit_period_seconds", "The rule's refit period (train.every).",
+                                  ["rule"], registry=r)
         self.cycle_seconds = Histogram("oa_cycle_duration_seconds", "Scoring cycle duration of a rule group.",
                                        ["group"], buckets=QUERY_BUCKETS, registry=r)
         self.overruns = Counter("oa_cycle_overruns", "Scoring cycles that took longer than the group interval.",
                                 ["group"], registry=r)
+        self.rejected = Counter("oa_artifact_rejected", "Stored models refused (and refit) by reason: corrupt, "
+                                "signature, format, version, fingerprint, unreadable.", ["rule", "reason"], registry=r)
+        self.artifact_failures = Counter("oa_artifact_failures", "Artifact store operations that failed, by "
+                                         "operation (read, write, delete, record).", ["rule", "operation"],
+                                         registry=r)
+        self.artifact_size = Gauge("oa_artifact_size_bytes", "Size of the rule's last stored model.", ["rule"],
+                                   registry=r)
+        self.artifact_write_seconds = Histogram("oa_artifact_write_duration_seconds", "Time to store a model.",
+                                                buckets=QUERY_BUCKETS, registry=r)
+        self._artifact_labels: dict[str, set[tuple[str, str]]] = {}  # per rule, label pairs to forget
         self.model_age = _ModelAge(clock)
         r.register(self.model_age)
 
@@ -101,12 +113,31 @@ class PrometheusTelemetry:
         if ok and rules is not None:
             self.loaded.set(len(rules.rules))
             self.reload_time.set(at)
+            for rule in rules.rules:
+                self.refit_period.labels(rule.name).set(rule.train_every)
+                for counter in (self.fits, self.fit_failures, self.fallbacks):
+                    counter.labels(rule.name)  # exported at 0 from the start: rate() and alerts see them
         else:
             self.reload_failures.inc()
 
+    def artifact_rejected(self, rule: str, reason: str) -> None:
+        self.rejected.labels(rule, reason).inc()
+        self._artifact_labels.setdefault(rule, set()).add(("rejected", reason))
+
+    def artifact_failed(self, rule: str, operation: str) -> None:
+        self.artifact_failures.labels(rule, operation).inc()
+        self._artifact_labels.setdefault(rule, set()).add(("failed", operation))
+
+    def artifact_stored(self, rule: str, size: int, seconds: float) -> None:
+        self.artifact_size.labels(rule).set(size)
+        self.artifact_write_seconds.observe(seconds)
+
     def forget_rule(self, rule: Rule) -> None:
-        for metric in (self.healthy, self.fit_seconds, self.fits, self.fit_failures, self.fallbacks, self.last_fit):
+        for metric in (self.healthy, self.fit_seconds, self.fits, self.fit_failures, self.fallbacks, self.last_fit,
+                       self.refit_period, self.artifact_size):
             _remove(metric, rule.name)
+        for kind, label in self._artifact_labels.pop(rule.name, set()):
+            _remove(self.rejected if kind == "rejected" else self.artifact_failures, rule.name, label)
         for state in STATES:
             _remove(self.series, rule.name, state)
         for kind in ("range", "instant"):

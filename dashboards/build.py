@@ -1,0 +1,148 @@
+"""Builds the Grafana dashboards (JSON, schema 39) from one description, so they stay consistent.
+
+    python dashboards/build.py        # rewrites dashboards/*.json
+
+Every panel queries `${datasource}` (a Prometheus datasource variable): no datasource UID is hard-coded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).parent
+DS = {"type": "prometheus", "uid": "${datasource}"}
+RATE = "$__rate_interval"
+
+
+def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False) -> dict:
+    return {"datasource": DS, "expr": expr, "legendFormat": legend or "__auto", "refId": ref,
+            "range": not instant, "instant": instant}
+
+
+def panel(kind: str, title: str, targets: list[dict], grid: tuple[int, int, int, int], **extra) -> dict:
+    x, y, w, h = grid
+    return {"type": kind, "title": title, "datasource": DS, "targets": targets,
+            "gridPos": {"x": x, "y": y, "w": w, "h": h}, "fieldConfig": extra.pop("fieldConfig", {"defaults": {},
+            "overrides": []}), "options": extra.pop("options", {}), **extra}
+
+
+def thresholds(*steps: tuple[str, float | None]) -> dict:
+    return {"mode": "absolute", "steps": [{"color": c, "value": v} for c, v in steps]}
+
+
+def variable_datasource() -> dict:
+    return {"type": "datasource", "name": "datasource", "label": "Prometheus", "query": "prometheus",
+            "current": {}, "hide": 0, "refresh": 1, "options": []}
+
+
+def variable_query(name: str, query: str, multi: bool = False) -> dict:
+    return {"type": "query", "name": name, "label": name, "datasource": DS, "refresh": 2, "sort": 1,
+            "query": {"query": query, "refId": f"{name}-variable"}, "definition": query, "current": {},
+            "multi": multi, "includeAll": multi, "allValue": ".*" if multi else None, "options": []}
+
+
+def variable_text(name: str, label: str, default: str = "") -> dict:
+    return {"type": "textbox", "name": name, "label": label, "query": default,
+            "current": {"text": default, "value": default}, "options": [], "hide": 0}
+
+
+def dashboard(uid: str, title: str, panels: list[dict], variables: list[dict]) -> dict:
+    for i, p in enumerate(panels, start=1):
+        p["id"] = i
+    return {"uid": uid, "title": title, "tags": ["openanomaly"], "timezone": "browser", "editable": True,
+            "schemaVersion": 39, "version": 1, "refresh": "30s", "time": {"from": "now-6h", "to": "now"},
+            "templating": {"list": variables}, "annotations": {"list": []}, "panels": panels, "links": []}
+
+
+def overview() -> dict:
+    rules = '{rule=~"$rule"}'
+    score_fc = {"defaults": {"thresholds": thresholds(("green", None), ("red", 1))}, "overrides": []}
+    return dashboard("oa-overview", "OpenAnomaly / Overview", [
+        panel("stat", "Anomalous series now", [target(f"count(oa_anomaly_score{rules} > 1) or vector(0)",
+                                                      instant=True)], (0, 0, 6, 4),
+              fieldConfig={"defaults": {"thresholds": thresholds(("green", None), ("red", 1))}, "overrides": []}),
+        panel("stat", "Series scored", [target(f"count(oa_anomaly_score{rules})", instant=True)], (6, 0, 6, 4)),
+        panel("stat", "Series not ready", [target(f'sum(oa_rule_series{{rule=~"$rule",state="not-ready"}})',
+                                                  instant=True)], (12, 0, 6, 4)),
+        panel("stat", "Rules unhealthy", [target(f"count(oa_rule_healthy{rules} == 0) or vector(0)",
+                                                 instant=True)], (18, 0, 6, 4)),
+        panel("timeseries", "Anomalous series per rule",
+              [target(f"count by (rule) (oa_anomaly_score{rules} > 1)", "{{rule}}")], (0, 4, 12, 9)),
+        panel("timeseries", "Highest anomaly score per rule",
+              [target(f"max by (rule) (oa_anomaly_score{rules})", "{{rule}}")], (12, 4, 12, 9),
+              fieldConfig=score_fc),
+        panel("table", "Worst offenders now", [target(f"topk(20, oa_anomaly_score{rules})", instant=True)],
+              (0, 13, 24, 10), options={"sortBy": [{"displayName": "Value", "desc": True}]},
+              transformations=[{"id": "labelsToFields", "options": {}}]),
+    ], [variable_datasource(), variable_query("rule", "label_values(oa_anomaly_score, rule)", multi=True)])
+
+
+def rule_detail() -> dict:
+    sel = '{rule="$rule",$filter}'
+    band = {"defaults": {"custom": {"fillOpacity": 0}}, "overrides": [
+        {"matcher": {"id": "byFrameRefID", "options": "C"},
+         "properties": [{"id": "custom.fillBelowTo", "value": "lower"}, {"id": "custom.fillOpacity", "value": 20}]},
+        {"matcher": {"id": "byFrameRefID", "options": "E"},
+         "properties": [{"id": "custom.drawStyle", "value": "points"}, {"id": "custom.pointSize", "value": 8},
+                        {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}]},
+    ]}
+    return dashboard("oa-rule", "OpenAnomaly / Rule detail", [
+        panel("timeseries", "Value against its forecast band", [
+            target(f"oa_y{sel}", "y {{instance}}", "A"),
+            target(f"oa_yhat{sel}", "forecast", "B"),
+            target(f"oa_yhat_upper{sel}", "upper", "C"),
+            target(f"oa_yhat_lower{sel}", "lower", "D"),
+            target(f"oa_y{sel} and (oa_anomaly_score{sel} > 1)", "anomaly", "E"),
+        ], (0, 0, 24, 12), fieldConfig=band),
+        panel("timeseries", "Anomaly score (1 = edge of the band)", [target(f"oa_anomaly_score{sel}")],
+              (0, 12, 24, 8), fieldConfig={"defaults": {"thresholds": thresholds(("green", None), ("red", 1)),
+                                                        "custom": {"thresholdsStyle": {"mode": "line"}}},
+                                           "overrides": []}),
+    ], [variable_datasource(), variable_query("rule", "label_values(oa_anomaly_score, rule)"),
+        variable_text("filter", "Series matchers (e.g. instance=\"web-1\")")])
+
+
+def exporter_health() -> dict:
+    return dashboard("oa-exporter", "OpenAnomaly / Exporter health", [
+        panel("stat", "Last reload", [target("min(oa_rules_last_reload_successful)", instant=True)], (0, 0, 6, 4),
+              fieldConfig={"defaults": {"mappings": [{"type": "value", "options": {
+                  "0": {"text": "failed", "color": "red"}, "1": {"text": "ok", "color": "green"}}}]},
+                  "overrides": []}),
+        panel("stat", "Rules loaded", [target("sum(oa_rules_loaded)", instant=True)], (6, 0, 6, 4)),
+        panel("stat", "Reload failures (1h)",
+              [target("sum(increase(oa_rules_reload_failures_total[1h]))", instant=True)], (12, 0, 6, 4)),
+        panel("stat", "Oldest model", [target("max(oa_model_age_seconds)", instant=True)], (18, 0, 6, 4),
+              fieldConfig={"defaults": {"unit": "s"}, "overrides": []}),
+        panel("timeseries", "Series by state", [target("sum by (state) (oa_rule_series)", "{{state}}")],
+              (0, 4, 12, 8)),
+        panel("timeseries", "Scoring cycle time (p99) per group", [target(
+            f"histogram_quantile(0.99, sum by (le, group) (rate(oa_cycle_duration_seconds_bucket[{RATE}])))",
+            "{{group}}")], (12, 4, 12, 8), fieldConfig={"defaults": {"unit": "s"}, "overrides": []}),
+        panel("timeseries", "Cycle overruns", [target(
+            f"sum by (group) (increase(oa_cycle_overruns_total[{RATE}])) or sum by (group) "
+            f"(0 * rate(oa_cycle_duration_seconds_count[{RATE}]))", "{{group}}")], (0, 12, 12, 8)),
+        panel("timeseries", "Fit duration (p90) per rule", [target(
+            f"histogram_quantile(0.9, sum by (le, rule) (rate(oa_fit_duration_seconds_bucket[{RATE}])))",
+            "{{rule}}")], (12, 12, 12, 8), fieldConfig={"defaults": {"unit": "s"}, "overrides": []}),
+        panel("timeseries", "Fits and fit failures", [
+            target(f"sum by (rule) (increase(oa_fits_total[{RATE}]))", "fits {{rule}}", "A"),
+            target(f"sum by (rule) (increase(oa_fit_failures_total[{RATE}]))", "failures {{rule}}", "B"),
+        ], (0, 20, 12, 8)),
+        panel("timeseries", "TSDB query time (p90) by kind", [target(
+            f"histogram_quantile(0.9, sum by (le, kind) (rate(oa_query_duration_seconds_bucket[{RATE}])))",
+            "{{kind}}")], (12, 20, 12, 8), fieldConfig={"defaults": {"unit": "s"}, "overrides": []}),
+        panel("timeseries", "Unhealthy rules", [target("oa_rule_healthy == 0", "{{rule}}")], (0, 28, 12, 8)),
+        panel("timeseries", "Model age", [target("oa_model_age_seconds", "{{rule}}")], (12, 28, 12, 8),
+              fieldConfig={"defaults": {"unit": "s"}, "overrides": []}),
+    ], [variable_datasource()])
+
+
+def main() -> None:
+    for name, board in (("overview", overview()), ("rule-detail", rule_detail()), ("exporter-health",
+                                                                                    exporter_health())):
+        (HERE / f"openanomaly-{name}.json").write_text(json.dumps(board, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""What operators install: alert rules (promtool), example rules (oa-exporter check), dashboards (Grafana's
+own models), and every dashboard/alert expression evaluated on a Prometheus that scrapes a running daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import Dashboard
+
+from oa_exporter.entrypoints.cli import main as cli
+from tests.integration.test_daemon_prometheus import RULES, run_daemon, wait_for_scores
+from tests.servers import PrometheusServer, free_port
+from tests.synthetic import Scenario
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
+ALERTS = ROOT / "rules" / "alerts"
+VARIABLES = {"$__rate_interval": "1m", "$rule": "requests", "$filter": 'instance="host-00"'}
+
+
+def test_alert_rules_pass_promtool_check_and_their_unit_tests():
+    check = subprocess.run(["promtool", "check", "rules", str(ALERTS / "openanomaly.yaml")], capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    tests = subprocess.run(["promtool", "test", "rules", "tests.yaml"], cwd=ALERTS, capture_output=True, text=True)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+
+
+def test_example_anomaly_rules_pass_oa_exporter_check(capsys):
+    files = sorted((ROOT / "rules" / "anomaly").glob("*.yaml"))
+    assert len(files) >= 3
+    assert cli(["check", *map(str, files)]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_dashboards_are_valid_grafana_models_with_a_datasource_variable(path):
+    board = json.loads(path.read_text())
+    model = Dashboard.from_json(board)
+    assert model.title == board["title"] and len(model.panels) == len(board["panels"]) > 0
+    assert board["templating"]["list"][0]["type"] == "datasource"
+    assert {json.dumps(p["datasource"]) for p in board["panels"]} == {'{"type": "prometheus", "uid": "${datasource}"}'}
+    uids = re.findall(r'"uid": "([^"]*)"', path.read_text())
+    assert set(uids) - {board["uid"]} == {"${datasource}"}  # no hard-coded datasource UID
+    encoded = json.loads(json.dumps(model, cls=JSONEncoder))  # Grafana's model, written back out
+    assert [p["type"] for p in encoded["panels"]] == [p["type"] for p in board["panels"]]
+    assert [t["name"] for t in encoded["templating"]["list"]] == [t["name"] for t in board["templating"]["list"]]
+
+
+def expressions() -> list[tuple[str, str]]:
+    found = []
+    for path in DASHBOARDS:
+        for panel in json.loads(path.read_text())["panels"]:
+            found += [(f"{path.stem}: {panel['title']}", t["expr"]) for t in panel["targets"]]
+    return found
+
+
+@pytest.fixture(scope="module")
+def scraped(tmp_path_factory):
+    """A Prometheus that has the synthetic history and scrapes a running daemon every second."""
+    port = free_port()
+    scrape = {"scrape_configs": [{"job_name": "oa-exporter", "scrape_interval": "1s", "honor_labels": True,
+                                  "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}]}
+    scenario = Scenario(end=time.time())
+    tmp = tmp_path_factory.mktemp("assets")
+    with PrometheusServer(tmp, series=scenario.build(), extra_config=scrape) as prometheus:
+
+        async def daemon_scraped() -> None:
+            base, stop, task = await run_daemon(prometheus, tmp, RULES, port=port)
+            try:
+                await wait_for_scores(f"{base}/metrics", "requests")
+                await asyncio.sleep(12)  # a dozen scrapes: enough samples for rate() over 1m
+            finally:
+                stop.set()
+                assert await task == 0
+
+        asyncio.run(daemon_scraped())
+        yield prometheus, time.time() - 1
+
+
+@pytest.mark.parametrize(("panel", "expr"), expressions(), ids=[p for p, _ in expressions()])
+def test_every_dashboard_expression_returns_data(scraped, panel, expr):
+    prometheus, at = scraped
+    for name, value in VARIABLES.items():
+        expr = expr.replace(name, value)
+    result = prometheus.query(expr.replace('rule=~"requests"', 'rule=~".*"'), at)["result"]
+    assert result, f"{panel}: {expr} returned nothing"
+
+
+def test_alert_expressions_evaluate_and_the_anomaly_alert_fires_on_the_spikes(scraped):
+    prometheus, at = scraped
+    rules = [r for g in _yaml(ALERTS / "openanomaly.yaml")["groups"] for r in g["rules"]]
+    for rule in rules:
+        prometheus.query(rule["expr"], at)  # raises on an error from Prometheus
+    anomalies = prometheus.query(rules[0]["expr"], at)["result"]
+    assert {r["metric"]["instance"] for r in anomalies if r["metric"]["rule"] == "requests"} >= {"host-00"}
+    assert all(r["metric"]["severity"] == "warning" for r in anomalies)
+    unhealthy = prometheus.query("oa_rule_healthy == 0", at)["result"]
+    assert {r["metric"]["rule"] for r in unhealthy} >= {"too_many"}
+    fresh = prometheus.query("oa_model_age_seconds < on (instance, rule) 2 * oa_rule_refit_period_seconds", at)
+    assert {r["metric"]["rule"] for r in fresh["result"]} >= {"requests"}  # the stale alert's join matches
+
+
+def _yaml(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
