@@ -57,6 +57,14 @@ def samples(text: str) -> dict[str, list]:
     return by_name
 
 
+def value(found: dict, name: str, **labels: str) -> float | None:
+    """The value of the first sample of `name` carrying these labels, or None."""
+    for sample in found.get(name, []):
+        if all(sample.labels.get(k) == v for k, v in labels.items()):
+            return sample.value
+    return None
+
+
 async def scrape(url: str) -> dict[str, list]:
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         assert response.status == 200

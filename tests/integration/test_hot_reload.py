@@ -13,7 +13,7 @@ import pytest
 
 from oa_exporter.entrypoints.daemon import serve
 from oa_exporter.settings import Settings
-from tests.integration.test_daemon_prometheus import scrape
+from tests.integration.test_daemon_prometheus import scrape, value
 from tests.servers import PrometheusServer, free_port
 from tests.synthetic import Scenario
 
@@ -39,13 +39,6 @@ def prometheus(tmp_path_factory):
     scenario = Scenario(end=time.time(), series=6, spiked=(0,), constant=None, gappy=None, short=None)
     with PrometheusServer(tmp_path_factory.mktemp("prom"), series=scenario.build()) as server:
         yield server
-
-
-def value(found: dict, name: str, **labels: str) -> float | None:
-    for sample in found.get(name, []):
-        if all(sample.labels.get(k) == v for k, v in labels.items()):
-            return sample.value
-    return None
 
 
 async def until(url: str, check: Callable[[dict], bool], timeout: float = 20.0) -> dict:

@@ -89,7 +89,14 @@ async def test_server_down_is_a_clear_tsdb_error():
         await client.close()
 
 
-async def test_auth_and_extra_headers_reach_the_server(tmp_path):
+async def answering(aiohttp_server, handler) -> str:
+    """URL of a loopback server whose query endpoint is `handler`."""
+    app = web.Application()
+    app.router.add_post("/api/v1/query", handler)
+    return str((await aiohttp_server(app)).make_url(""))
+
+
+async def test_auth_and_extra_headers_reach_the_server(tmp_path, aiohttp_server):
     seen: list = []
     attempts = {"n": 0}
 
@@ -101,21 +108,14 @@ async def test_auth_and_extra_headers_reach_the_server(tmp_path):
         return web.json_response({"status": "success", "data": {"resultType": "vector", "result": [
             {"metric": {"__name__": "up", "job": "x"}, "value": [1.0, "1"]}]}})
 
-    app = web.Application()
-    app.router.add_post("/api/v1/query", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     token = tmp_path / "token"
     token.write_text("s3cret\n")
     auth = HttpAuth(bearer_token_file=str(token), headers={"X-Scope-OrgID": "team-a"})
-    client = PrometheusClient(f"http://127.0.0.1:{port}", auth, retries=2, backoff=0.01)
+    client = PrometheusClient(await answering(aiohttp_server, handler), auth, retries=2, backoff=0.01)
     try:
         vector = await client.query("up", 1.0)
     finally:
         await client.close()
-        await runner.cleanup()
     headers, form = seen[0]
     assert headers["Authorization"] == "Bearer s3cret"
     assert headers["X-Scope-OrgID"] == "team-a"
@@ -124,27 +124,21 @@ async def test_auth_and_extra_headers_reach_the_server(tmp_path):
     assert vector.values.tolist() == [1.0]
 
 
-async def test_basic_auth_is_sent(tmp_path):
+async def test_basic_auth_is_sent(tmp_path, aiohttp_server):
     seen: list = []
 
     async def handler(request: web.Request) -> web.Response:
         seen.append(request.headers.get("Authorization"))
         return web.json_response({"status": "success", "data": {"resultType": "vector", "result": []}})
 
-    app = web.Application()
-    app.router.add_post("/api/v1/query", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     password = tmp_path / "pw"
     password.write_text("hunter2")
-    client = PrometheusClient(f"http://127.0.0.1:{port}", HttpAuth(basic_user="oa", basic_password_file=str(password)))
+    auth = HttpAuth(basic_user="oa", basic_password_file=str(password))
+    client = PrometheusClient(await answering(aiohttp_server, handler), auth)
     try:
         await asyncio.wait_for(client.query("up", 1.0), 5)
     finally:
         await client.close()
-        await runner.cleanup()
     assert seen == ["Basic b2E6aHVudGVyMg=="]
 
 

@@ -1,0 +1,1 @@
+"""OpenAnomaly test suite (a regular package: some libraries install a top-level `tests` package)."""
