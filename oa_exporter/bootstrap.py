@@ -8,17 +8,25 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .adapters.config.promql import check_promql
 from .adapters.config.watcher import RulesWatcher
 from .adapters.config.yaml_rules import YamlConfigStore
 from .adapters.dispatch.local_pool import LocalPoolDispatcher
+from .adapters.engines.darts import DartsEngine
+from .adapters.engines.mlforecast import MLForecastEngine
+from .adapters.engines.neuralforecast import NeuralForecastEngine
+from .adapters.engines.sklearn import SklearnEngine
 from .adapters.engines.statsforecast import StatsForecastEngine
 from .adapters.sinks.exposition import ExpositionPage
+from .adapters.sinks.fanout import FanOut, FlushOnly
 from .adapters.stores.local import LocalArtifactStore
+from .adapters.stores.noop import NoopArtifactStore
 from .adapters.telemetry.prometheus_client import PrometheusTelemetry
 from .adapters.tsdb.prometheus import HttpAuth, PrometheusClient
-from .core.domain import ModelSpec, RuleSet
+from .core.domain import ModelSpec, RuleSet, RuleStatus
 from .core.errors import RuleError
 from .core.ports import ArtifactStore, JobDispatcher, ModelEngine, TsdbClient
 from .core.services.inferencer import Inferencer
@@ -26,13 +34,20 @@ from .core.services.runner import Runner
 from .core.services.trainer import Trainer
 from .settings import Settings
 
+if TYPE_CHECKING:
+    from .adapters.sinks.remote_write import RemoteDestination
+    from .core.domain import SeriesMatrix
+    from .core.services.backtester import Backtester
+
 log = logging.getLogger(__name__)
 
 
 def engine_registry() -> dict[str, ModelEngine]:
-    """Every engine by the names a rule may give it."""
+    """Every engine by the names a rule may give it; each imports its library only when a rule uses it."""
     statsforecast = StatsForecastEngine()
-    return {"statsforecast": statsforecast, "nixtla": statsforecast}
+    engines: list[ModelEngine] = [statsforecast, MLForecastEngine(), NeuralForecastEngine(), DartsEngine(),
+                                  SklearnEngine()]
+    return {"nixtla": statsforecast, **{engine.name: engine for engine in engines}}
 
 
 def default_model(settings: Settings, engines: Mapping[str, ModelEngine]) -> ModelSpec:
@@ -71,6 +86,79 @@ def tsdb_client(settings: Settings) -> PrometheusClient:
     return PrometheusClient(settings.prometheus_url, auth, settings.query_timeout, settings.query_retries)
 
 
+def artifact_key(settings: Settings) -> bytes | None:
+    """The secret that signs stored models: the key file's content (trailing newline dropped), or the key."""
+    if settings.artifact_key_file:
+        key = Path(settings.artifact_key_file).read_bytes().rstrip(b"\r\n")
+        if not key:
+            raise ValueError(f"--artifact.key-file {settings.artifact_key_file} is empty")
+        return key
+    return settings.artifact_key.encode() if settings.artifact_key else None
+
+
+def artifact_store(settings: Settings) -> ArtifactStore:
+    """The store OA_ARTIFACT_STORE names; boto3 is imported only when S3 is chosen."""
+    if settings.artifact_store == "noop":
+        return NoopArtifactStore()
+    key = artifact_key(settings)
+    if key is None:  # a shared bucket deserves the warning more than the daemon's own directory
+        log.log(logging.WARNING if settings.artifact_store == "s3" else logging.INFO,
+                "OA_ARTIFACT_KEY is not set: stored models are checksummed, not signed; whoever can write the "
+                "%s artifact store can run code in this process (models are pickles)", settings.artifact_store)
+    if settings.artifact_store == "s3":
+        from .adapters.stores.s3 import S3ArtifactStore
+
+        if not settings.s3_bucket:
+            raise ValueError("--artifact.store=s3 needs a bucket: set --artifact.s3.bucket (OA_S3_BUCKET)")
+        return S3ArtifactStore(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint, settings.s3_region, key)
+    return LocalArtifactStore(settings.artifact_dir, key)
+
+
+def remote_destinations(settings: Settings) -> list[RemoteDestination]:
+    """The --remote-write.url receivers (with the --remote-write.* credentials), then the config file's."""
+    from .adapters.config.remote_write import load_destinations
+    from .adapters.sinks.remote_write import RemoteDestination
+
+    auth = HttpAuth(
+        basic_user=settings.remote_write_basic_auth_user,
+        basic_password_file=settings.remote_write_basic_auth_password_file,
+        bearer_token_file=settings.remote_write_bearer_token_file, ca_file=settings.remote_write_ca_file,
+        cert_file=settings.remote_write_cert_file, key_file=settings.remote_write_key_file,
+        insecure_skip_verify=settings.remote_write_insecure_skip_verify,
+        headers=dict(_header(h) for h in settings.remote_write_headers),
+    )
+    found = [RemoteDestination(url, auth) for url in settings.remote_write_urls]
+    if settings.remote_write_config_file:
+        found += [RemoteDestination(d.url, HttpAuth(**d.auth))
+                  for d in load_destinations(settings.remote_write_config_file)]
+    return found
+
+
+def result_sink(settings: Settings, page: ExpositionPage, telemetry: PrometheusTelemetry) -> FanOut:
+    """Where results go (OA_OUTPUT_MODE): the /metrics page, remote write, or both; the page always serves the
+    self-monitoring. Remote write's modules are imported only when it is used."""
+    destinations = remote_destinations(settings)
+    if settings.output_mode == "metrics":
+        if destinations:
+            log.warning("remote-write destinations are configured but --output.mode is metrics: nothing is written "
+                        "to them (set --output.mode to remote-write or both)")
+        return FanOut([page])
+    if not destinations:
+        raise ValueError(f"--output.mode={settings.output_mode} needs a destination: set --remote-write.url "
+                         "(OA_REMOTE_WRITE_URL) or --remote-write.config-file")
+    from .adapters.sinks.remote_write import RemoteWriteOptions, RemoteWriteSink
+
+    options = RemoteWriteOptions(
+        max_samples_per_send=settings.remote_write_max_samples_per_send, shards=settings.remote_write_shards,
+        queue_max_bytes=settings.remote_write_queue_max_bytes, timeout=settings.remote_write_timeout,
+        min_backoff=settings.remote_write_min_backoff, max_backoff=settings.remote_write_max_backoff,
+    )
+    remote = RemoteWriteSink(destinations, settings.remote_write_queue_dir, options, telemetry.registry)
+    # the page renders first: its oa_remote_write_queue_* show what the last interval left unsent (0 when the
+    # receivers keep up), not the batches this very flush is about to queue
+    return FanOut([page if settings.output_mode == "both" else FlushOnly(page), remote])
+
+
 @dataclass
 class App:
     """The wired daemon: load rules, run, close."""
@@ -83,6 +171,8 @@ class App:
     page: ExpositionPage
     runner: Runner
     clock: Callable[[], float]
+    store: ArtifactStore | None = None
+    output: FanOut | None = None  # where the runner's results go; its senders start with the first load
     rules: RuleSet | None = None
     rules_version: str = ""
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -90,6 +180,8 @@ class App:
     async def load_rules(self) -> bool:
         """(Re)load the rules; a bad load keeps the current rules and says why, with file:line."""
         async with self._reloading:
+            if self.output is not None:
+                await self.output.start()  # safe to call again
             self.rules_version = await asyncio.to_thread(self.rules_store.version)
             try:
                 rules = await asyncio.to_thread(self.rules_store.load)
@@ -124,11 +216,19 @@ class App:
         finally:
             watcher.stop()
 
+    def rules_status(self) -> list[RuleStatus]:
+        """Every rule's state, models and fits, for GET /api/v1/rules."""
+        return self.runner.status(self.clock())
+
     async def close(self) -> None:
         """Stop scoring and training, release connections; safe to call twice."""
         await self.runner.close()
+        if self.output is not None:
+            await self.output.close()  # after the runner: its last results are queued, not lost
         await self.dispatcher.close()
         await self.tsdb.close()
+        if self.store is not None:
+            await self.store.close()
 
 
 def bootstrap(
@@ -142,14 +242,33 @@ def bootstrap(
     """Wire the daemon from settings; tests pass their own adapters."""
     engines = engine_registry()
     tsdb = tsdb or tsdb_client(settings)
-    store = store or LocalArtifactStore(settings.artifact_dir)
-    dispatcher = dispatcher or LocalPoolDispatcher(settings.pool_workers or None)
+    store = store or artifact_store(settings)
+    dispatcher = dispatcher or LocalPoolDispatcher(settings.pool_workers or None, settings.job_timeout)
     telemetry = PrometheusTelemetry(clock)
     page = ExpositionPage(extra=telemetry.render)
-    trainer = Trainer(tsdb, engines, store, dispatcher, telemetry, clock)
+    trainer = Trainer(tsdb, engines, store, dispatcher, telemetry, clock, keep=settings.artifact_keep)
     inferencer = Inferencer(tsdb, engines, telemetry)
-    runner = Runner(trainer, inferencer, page, telemetry, clock)
-    return App(settings, config_store(settings, engines), tsdb, dispatcher, telemetry, page, runner, clock)
+    output = result_sink(settings, page, telemetry)
+    runner = Runner(trainer, inferencer, output, telemetry, clock)
+    return App(settings, config_store(settings, engines), tsdb, dispatcher, telemetry, page, runner, clock, store,
+               output=output)
+
+
+def backtester(history: SeriesMatrix) -> Backtester:
+    """The daemon's Trainer and Inferencer over history held in memory: fits run inline (a backtest job is
+    already a worker), models are kept in memory, telemetry goes nowhere."""
+    import typing
+
+    from .adapters.dispatch.inline import InlineDispatcher
+    from .adapters.telemetry.null import NullTelemetry
+    from .adapters.tsdb.replay import ReplayTsdb
+    from .core.ports import Telemetry
+    from .core.services.backtester import Backtester
+
+    engines = engine_registry()
+    tsdb, telemetry = ReplayTsdb(history), typing.cast(Telemetry, NullTelemetry())
+    trainer = Trainer(tsdb, engines, NoopArtifactStore(), InlineDispatcher(), telemetry, keep=1)
+    return Backtester(trainer, Inferencer(tsdb, engines, telemetry))
 
 
 def _header(text: str) -> tuple[str, str]:

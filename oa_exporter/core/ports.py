@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import builtins
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from .domain import (
+    ArtifactInfo,
     Bands,
+    Capabilities,
+    FitRecord,
     Fitted,
     InstantVector,
     Model,
@@ -39,6 +43,10 @@ class ModelEngine(Protocol):
     name: str
     default_model: str  # what a rule that names only this engine (or nothing) gets
 
+    @property
+    def versions(self) -> Mapping[str, str]:
+        """Library versions its models depend on: a stored model fitted under other versions is refit."""
+
     def validate(self, spec: ModelSpec) -> None:
         """Raise ValueError if this engine cannot build the model the spec names."""
 
@@ -54,15 +62,37 @@ class ModelEngine(Protocol):
     def loads(self, data: bytes) -> Fitted:
         """Inverse of `dumps`."""
 
+    def capabilities(self, spec: ModelSpec) -> Capabilities:
+        """What the model the spec names can do: global model, GPU, update without refit."""
+
+    def update(self, model: Model, history: SeriesMatrix) -> Fitted:
+        """The fitted model conditioned on newer `history` (whose rows it then covers) without refitting its weights;
+        only where capabilities(spec).update, others raise NotImplementedError."""
+
 
 class ArtifactStore(Protocol):
-    """Where fitted models live between fits and across restarts."""
+    """Where fitted models live between fits, across restarts and for other replicas. Raises ArtifactError."""
 
-    async def save(self, model: Model, payload: bytes) -> str:
-        """Store a model (with its engine-serialised payload); return its artifact id."""
+    async def put(self, model: Model, payload: bytes) -> str:
+        """Store a model with its engine-serialised payload, whole or not at all; return its artifact id."""
 
-    async def load_latest(self, rule: str, fingerprint: str) -> tuple[Model, bytes] | None:
-        """Newest model of `rule` with this fingerprint and its payload, or None."""
+    async def get(self, artifact_id: str) -> tuple[Model, bytes]:
+        """A stored model and its payload, verified before it is returned; ArtifactRejected if untrusted."""
+
+    async def list(self, rule: str | None = None) -> builtins.list[ArtifactInfo]:
+        """The stored models of one rule (or of every rule), newest first."""
+
+    async def delete(self, artifact_id: str) -> None:
+        """Remove a stored model; one that is already gone is not an error."""
+
+    async def put_record(self, record: FitRecord) -> None:
+        """Keep how the rule's last fit went, beside its models."""
+
+    async def get_record(self, rule: str) -> FitRecord | None:
+        """How the rule's last fit went, as this or another replica recorded it; None if never."""
+
+    async def close(self) -> None:
+        """Release clients and files; safe to call twice."""
 
 
 class ConfigStore(Protocol):
@@ -118,6 +148,18 @@ class Telemetry(Protocol):
 
     def rules_loaded(self, rules: RuleSet | None, ok: bool, at: float) -> None:
         """A (re)load of the rules finished; rules is None when it failed."""
+
+    def artifact_rejected(self, rule: str, reason: str) -> None:
+        """A stored model of the rule was refused (a RejectReason) and the rule will be refit."""
+
+    def artifact_failed(self, rule: str, operation: str) -> None:
+        """The artifact store failed an operation (read, write, delete, record) for the rule."""
+
+    def artifact_stored(self, rule: str, size: int, seconds: float) -> None:
+        """A model of the rule was stored: its size in bytes and how long the write took."""
+
+    def band_coverage(self, rule: str, inside: int, scored: int, at: float) -> None:
+        """One cycle: of `scored` series with a forecast and a sample, `inside` lay within their `level` band."""
 
     def forget_rule(self, rule: Rule) -> None:
         """Drop every per-rule metric of a removed rule."""

@@ -14,11 +14,12 @@ from typing import Any
 from .domain import Direction, ModelSpec, Rule, RuleGroup, RuleSet
 from .durations import parse_duration
 from .errors import Problem, RuleError
+from .presets import PRESETS, Preset
 
 GROUP_KEYS = {"name", "interval", "rules"}
 RULE_KEYS = {
     "anomaly", "expr", "step", "model", "train", "forecast", "direction",
-    "min_history", "max_series", "labels", "annotations",
+    "min_history", "max_series", "labels", "annotations", "preset",
 }
 MODEL_KEYS = {"engine", "name", "params"}
 TRAIN_KEYS = {"window", "every"}
@@ -119,16 +120,17 @@ def _rule(node: Any, group: str, interval: float | None, ctx: _Context) -> Rule 
     ctx.rule = name
     before = len(ctx.problems)
     _known_keys(node, RULE_KEYS, "rule", ctx)
+    preset = _preset(node, ctx)
     expr = _expr(node, ctx)
     step = _duration(node, "step", interval or DEFAULT_INTERVAL, ctx)
-    model = _model(node, ctx)
+    model = _model(node, ctx, preset)
     train = _section(node, "train", TRAIN_KEYS, ctx)
     forecast = _section(node, "forecast", FORECAST_KEYS, ctx)
-    window = _duration(train, "window", 14 * 86400.0, ctx)
-    every = _duration(train, "every", 86400.0, ctx)
-    horizon = _duration(forecast, "horizon", 3600.0, ctx)
-    level = _level(forecast, ctx)
-    min_history = _duration(node, "min_history", 86400.0, ctx)
+    window = _duration(train, "window", preset.train_window if preset else 14 * 86400.0, ctx)
+    every = _duration(train, "every", preset.train_every if preset else 86400.0, ctx)
+    horizon = _duration(forecast, "horizon", preset.horizon if preset else 3600.0, ctx)
+    level = _level(forecast, ctx, preset.level if preset else 99.0)
+    min_history = _duration(node, "min_history", preset.min_history if preset else 86400.0, ctx)
     direction = _direction(node, ctx)
     max_series = _positive_int(node, "max_series", 10000, ctx)
     labels = _labels(node, "labels", ctx)
@@ -163,7 +165,24 @@ def _expr(node: Mapping, ctx: _Context) -> str | None:
     return expr
 
 
-def _model(node: Mapping, ctx: _Context) -> ModelSpec | None:
+def _preset(node: Mapping, ctx: _Context) -> Preset | None:
+    name = node.get("preset")
+    if name is None:
+        return None
+    if not isinstance(name, str) or name not in PRESETS:
+        ctx.report(f"unknown preset {name!r} (available: {', '.join(sorted(PRESETS))})", node, "preset")
+        return None
+    return PRESETS[name]
+
+
+def _model(node: Mapping, ctx: _Context, preset: Preset | None = None) -> ModelSpec | None:
+    if preset is not None and "model" not in node:  # the preset's model, whole
+        try:
+            ctx.check_model(preset.model)
+        except ValueError as e:
+            ctx.report(f"preset model: {e}", node, "preset")
+            return None
+        return preset.model
     section = _section(node, "model", MODEL_KEYS, ctx)
     engine = section.get("engine", ctx.default_model.engine)
     name = section.get("name", ctx.default_model.name if engine == ctx.default_model.engine else None)
@@ -202,8 +221,8 @@ def _duration(node: Mapping, key: str, default: float, ctx: _Context) -> float |
         return None
 
 
-def _level(node: Mapping, ctx: _Context) -> float | None:
-    level = node.get("level", 99)
+def _level(node: Mapping, ctx: _Context, default: float = 99.0) -> float | None:
+    level = node.get("level", default)
     if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 100:
         ctx.report("forecast.level must be a number strictly between 0 and 100 (a percentage)", node, "level")
         return None

@@ -7,11 +7,24 @@ Per series, on the rule's grid:
 
 - Each season (default 1d then 1w) is a robust profile: the median, per phase bucket, of what the shorter
   seasons left over. Buckets are coarser than the step (at most `buckets` per season), so one week of
-  one-minute data gives ~35 samples per bucket. A season is used only when the window spans two of it.
+  one-minute data gives ~35 samples per bucket. A season is used when the window spans two of it, and
+  only for the series whose own history spans two of it (the first season also from one whole cycle with
+  four samples per bucket): a series that appeared yesterday gets no profile made of one sample per
+  bucket, nor a weekly one from a few days, which would only fit its noise.
 - `level` is the median of the deseasonalised series over the last `level_window` before the fit.
-- Residuals are taken against a trailing mean of the same length (what the forecast faces right after a
-  fit), divided by a per-bucket spread `scale` (noise is often louder at busy hours), and their empirical
-  quantiles give the band at any level.
+- Residuals are taken against a trailing mean of the same length: what the forecast faces right after a
+  fit, or with `residual_lag` the trailing mean as it stood that long before, what a forecast that old
+  faces (about half of `train.every`). They are divided by a per-bucket spread `scale` (noise is often
+  louder at busy hours; `scale_buckets` buckets over the first season, 1 = one spread all day), and
+  their empirical quantiles give the band at any level.
+- Far tails (`tail`, a level in %): beyond the central `tail` % interval, quantiles are extrapolated with
+  an exponential tail instead of read off the few most extreme residuals. With p0 = (1 - tail/100) / 2
+  and p1 = 10·p0, the quantile at a tail probability p < p0 is
+
+      q(p) = q(p0) + (q(p0) - q(p1)) · log10(p0 / p)
+
+  (each further decade of rarity adds what the last decade added): a 99.99 % band is then as stable as
+  the 99 % one it grows from, rather than the window's largest residual.
 Every step is one numpy operation over the (series × time) matrix: no Python loop over series.
 """
 
@@ -29,7 +42,10 @@ PROBABILITIES = np.array(
     [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.16, 0.25, 0.5,
      0.75, 0.84, 0.9, 0.95, 0.975, 0.99, 0.995, 0.9975, 0.999, 0.9995, 0.9999]
 )
-DEFAULTS: dict[str, Any] = {"seasons": ["1d", "1w"], "buckets": 288, "level_window": "3h"}
+DEFAULTS: dict[str, Any] = {
+    "seasons": ["1d", "1w"], "buckets": 288, "level_window": "3h", "scale_buckets": None, "tail": None,
+    "residual_lag": "0s",
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +71,7 @@ class SeasonalProfile:
     scale: np.ndarray
     quantiles: np.ndarray  # (len(PROBABILITIES), series): quantiles of the scaled residuals
     ok: np.ndarray
+    tail: float | None = None  # central level (%) beyond which quantiles are extrapolated; None: never
 
     def predict(self, timestamps: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """yhat, lower, upper of shape (series, len(timestamps)) with a `level` % central interval."""
@@ -68,8 +85,16 @@ class SeasonalProfile:
     def interval(self, level: float) -> tuple[np.ndarray, np.ndarray]:
         """Residual quantiles of the central `level` % interval, per series; lower <= 0 <= upper."""
         tail = (1 - level / 100) / 2
-        q_lo = _interpolate_rows(self.quantiles, tail)
-        q_hi = _interpolate_rows(self.quantiles, 1 - tail)
+        start = (1 - self.tail / 100) / 2 if self.tail is not None else 0.0
+        if tail < start:  # exponential tail from the decade [10·p0, p0] (see module docstring)
+            decades = np.log10(start / tail)
+            near_lo, far_lo = _interpolate_rows(self.quantiles, 10 * start), _interpolate_rows(self.quantiles, start)
+            near_hi = _interpolate_rows(self.quantiles, 1 - 10 * start)
+            far_hi = _interpolate_rows(self.quantiles, 1 - start)
+            q_lo, q_hi = far_lo + (far_lo - near_lo) * decades, far_hi + (far_hi - near_hi) * decades
+        else:
+            q_lo = _interpolate_rows(self.quantiles, tail)
+            q_hi = _interpolate_rows(self.quantiles, 1 - tail)
         return np.minimum(q_lo, 0.0), np.maximum(q_hi, 0.0)
 
 
@@ -95,10 +120,20 @@ def settings(params: Mapping[str, Any]) -> dict[str, Any]:
     buckets = merged["buckets"]
     if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 2:
         raise ValueError("SeasonalProfile buckets must be an integer >= 2")
+    scale_buckets = merged["scale_buckets"]
+    if scale_buckets is not None and (isinstance(scale_buckets, bool) or not isinstance(scale_buckets, int)
+                                      or scale_buckets < 1):
+        raise ValueError("SeasonalProfile scale_buckets must be an integer >= 1 (1: one noise level all day)")
+    tail = merged["tail"]
+    if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int | float) or not 90 <= tail < 100):
+        raise ValueError("SeasonalProfile tail must be a level in % from 90 to below 100, e.g. 99")
     return {
         "seasons": sorted(parse_duration(s) for s in seasons),
         "buckets": buckets,
         "level_window": parse_duration(merged["level_window"]),
+        "scale_buckets": scale_buckets,
+        "tail": float(tail) if tail is not None else None,
+        "residual_lag": 0.0 if merged["residual_lag"] in ("0s", 0) else parse_duration(merged["residual_lag"]),
     }
 
 
@@ -107,33 +142,45 @@ def fit(values: np.ndarray, start: float, step: float, params: Mapping[str, Any]
     cfg = settings(params)
     timestamps = start + step * np.arange(values.shape[1])
     span = step * values.shape[1]
+    observed, samples = _observed_span(values, step), np.count_nonzero(~np.isnan(values), axis=1)
     rest = values.astype(np.float64, copy=True)
-    seasons = []
+    seasons: list[Season] = []
     for period in cfg["seasons"]:
         count = int(min(cfg["buckets"], round(period / step)))
         if span >= 2 * period and count >= 4:
-            season = _fit_season(rest, timestamps, period, count)
+            one_cycle = not seasons and samples >= 4 * count  # the first season, from one well-sampled cycle
+            used = (observed >= 2 * period) | (one_cycle & (observed >= period))
+            season = _fit_season(rest, timestamps, period, count, used)
             rest -= season.profile[:, season.bucket_of(timestamps)]
             seasons.append(season)
     window = max(int(round(cfg["level_window"] / step)), 3)
     level = _nanmedian(rest[:, -window:])
     level = np.where(np.isnan(level), _nanmedian(rest), level)
-    residual = rest - _trailing_mean(rest, window)
+    residual = rest - _lagged(_trailing_mean(rest, window), int(round(cfg["residual_lag"] / step)))
     scale_period = seasons[0].period if seasons else span
-    scale_count = seasons[0].buckets if seasons else 1
+    scale_count = min(cfg["scale_buckets"] or seasons[0].buckets, seasons[0].buckets) if seasons else 1
     scale = _bucket_scale(residual, _Buckets(scale_period, scale_count).of(timestamps), scale_count)
     scaled = residual / scale[:, _Buckets(scale_period, scale_count).of(timestamps)]
     quantiles = _nanquantile_rows(scaled, PROBABILITIES)
     ok = (np.sum(~np.isnan(scaled), axis=1) >= 2) & ~np.isnan(level)
-    return SeasonalProfile(tuple(seasons), level, scale_period, scale, quantiles, ok)
+    return SeasonalProfile(tuple(seasons), level, scale_period, scale, quantiles, ok, cfg["tail"])
 
 
-def _fit_season(rest: np.ndarray, timestamps: np.ndarray, period: float, count: int) -> Season:
+def _fit_season(rest: np.ndarray, timestamps: np.ndarray, period: float, count: int, used: np.ndarray) -> Season:
+    """The season's profile, flat (zero) for the series not `used` (too little history of their own)."""
     buckets = _Buckets(period, count).of(timestamps)
     profile = _group_nanmedian(rest, buckets, count)
     center = _nanmedian(profile)
     profile = np.where(np.isnan(profile), 0.0, profile - np.where(np.isnan(center), 0.0, center)[:, None])
-    return Season(period, count, profile)
+    return Season(period, count, np.where(used[:, None], profile, 0.0))
+
+
+def _observed_span(values: np.ndarray, step: float) -> np.ndarray:
+    """Per series, seconds from its first sample to the end of the window (a young series in a long window
+    has seen less than the window: a season needs two of its periods in the series' own history)."""
+    present = ~np.isnan(values)
+    first = np.argmax(present, axis=1)
+    return np.where(present.any(axis=1), (values.shape[1] - first) * step, 0.0)
 
 
 def _bucket_scale(residual: np.ndarray, buckets: np.ndarray, count: int) -> np.ndarray:
@@ -197,6 +244,15 @@ def _trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total / number
     return np.where(number > 0, mean, values)
+
+
+def _lagged(values: np.ndarray, lag: int) -> np.ndarray:
+    """Each row shifted `lag` columns later (NaN where nothing came before)."""
+    if lag <= 0:
+        return values
+    shifted = np.full_like(values, np.nan)
+    shifted[:, lag:] = values[:, :-lag]
+    return shifted
 
 
 def _interpolate_rows(quantiles: np.ndarray, probability: float) -> np.ndarray:

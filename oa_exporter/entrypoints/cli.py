@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("files", nargs="+", help="rules files, directories or globs")
     check.add_argument("--model.engine", dest="model_engine", default=None, help="default engine (OA_MODEL_ENGINE)")
     check.set_defaults(handler=_check)
+    from .backtest import add_parser as add_backtest  # numpy and the services load with it
+
+    add_backtest(commands)
     return parser
 
 

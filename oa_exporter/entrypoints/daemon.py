@@ -48,7 +48,8 @@ async def serve(settings: Settings, app: App | None = None, stop: asyncio.Event 
 
 async def _start_web(app: App, address: str) -> web.AppRunner:
     host, port = listen_address(address)
-    runner = web.AppRunner(make_app(app.page, lambda: app.rules is not None, app.load_rules), access_log=None)
+    routes = make_app(app.page, lambda: app.rules is not None, app.load_rules, app.rules_status)
+    runner = web.AppRunner(routes, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_address=True).start()
     return runner

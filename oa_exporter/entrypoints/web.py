@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 
 from aiohttp import web
 
 from ..adapters.sinks.exposition import CONTENT_TYPE, ExpositionPage
+from ..core.domain import RuleStatus
 
 LANDING = """<html><head><title>OpenAnomaly exporter</title></head><body>
-<h1>OpenAnomaly exporter</h1><p><a href="/metrics">Metrics</a></p></body></html>"""
+<h1>OpenAnomaly exporter</h1><p><a href="/metrics">Metrics</a></p>
+<p><a href="/api/v1/rules">Rules</a></p></body></html>"""
 
 
 def make_app(
     page: ExpositionPage,
     is_ready: Callable[[], bool],
     reload: Callable[[], Awaitable[bool]],
+    rules: Callable[[], list[RuleStatus]] = list,
 ) -> web.Application:
     """The aiohttp application; handlers only translate HTTP to calls on what they are given."""
+
+    async def api_rules(request: web.Request) -> web.Response:
+        return web.json_response({"status": "success", "data": {"rules": [asdict(r) for r in rules()]}})
 
     async def metrics(request: web.Request) -> web.Response:
         if "gzip" in request.headers.get("Accept-Encoding", ""):
@@ -45,5 +52,6 @@ def make_app(
     app.add_routes([
         web.get("/metrics", metrics), web.get("/-/healthy", healthy), web.get("/-/ready", ready),
         web.post("/-/reload", do_reload), web.put("/-/reload", do_reload), web.get("/", landing),
+        web.get("/api/v1/rules", api_rules),
     ])
     return app

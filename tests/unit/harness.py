@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from oa_exporter.adapters.stores.local import LocalArtifactStore
 from oa_exporter.bootstrap import App, bootstrap
+from oa_exporter.core.domain import RuleStatus
+from oa_exporter.core.ports import ArtifactStore
 from oa_exporter.settings import Settings
 from tests.unit.fakes import FakeClock, FakeTsdb, InlineDispatcher, value, values
 
@@ -17,12 +20,14 @@ END = 1_700_006_400.0  # a midnight (UTC), on the one-minute grid
 class Daemon:
     """The wired app plus its fakes; `cycle()` scores every group once at the clock's time."""
 
-    def __init__(self, rules: Path, tsdb: FakeTsdb, models: Path, now: float = END):
+    def __init__(self, rules: Path, tsdb: FakeTsdb, models: Path, now: float = END,
+                 store: ArtifactStore | None = None, **settings: Any):
         self.clock = FakeClock(now)
         self.tsdb = tsdb
         self.dispatcher = InlineDispatcher()
+        self.store = store if store is not None else LocalArtifactStore(models)
         self.app: App = bootstrap(
-            Settings(rules=(str(rules),)), tsdb=tsdb, store=LocalArtifactStore(models),
+            Settings(rules=(str(rules),), **settings), tsdb=tsdb, store=self.store,
             dispatcher=self.dispatcher, clock=self.clock,
         )
 
@@ -65,6 +70,13 @@ class Daemon:
 
     def fits(self, rule: str) -> float:
         return value(self.page, "oa_fits_total", rule=rule) or 0.0
+
+    def rejected(self, rule: str, reason: str) -> float:
+        return value(self.page, "oa_artifact_rejected_total", rule=rule, reason=reason) or 0.0
+
+    def api(self) -> dict[str, RuleStatus]:
+        """GET /api/v1/rules as the app computes it, by rule name."""
+        return {status.name: status for status in self.app.rules_status()}
 
     async def close(self) -> None:
         await self.app.close()

@@ -347,8 +347,10 @@ async def test_a_stored_model_the_engine_cannot_read_is_refit(start_daemon, tmp_
     await first.trained()
     store = LocalArtifactStore(tmp_path / "models")
     for rule in first.app.rules.rules:
-        stored, _ = await store.load_latest(rule.name, rule.fingerprint())
-        await store.save(replace(stored, trained_at=stored.trained_at + 1), payload)
+        [newest, *_] = await store.list(rule.name)
+        stored, _ = await store.get(newest.id)
+        await store.put(replace(stored, trained_at=stored.trained_at + 1), payload)
+    await store.close()
 
     second = await start_daemon(RULES, fake_tsdb())
     await second.trained(END + 60)

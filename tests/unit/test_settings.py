@@ -67,3 +67,19 @@ def test_overrides_replace_only_what_is_given():
     assert changed.log_level == "warn"
     assert changed.pool_workers == 2
     assert base.rules == ("a.yaml",)  # frozen: the original is untouched
+
+
+def test_reads_the_artifact_store_variables():
+    settings = Settings.from_env({
+        "OA_ARTIFACT_STORE": "s3", "OA_S3_ENDPOINT": "http://minio:9000", "OA_S3_BUCKET": "models",
+        "OA_S3_PREFIX": "oa/prod", "OA_S3_REGION": "eu-west-1", "OA_ARTIFACT_KEEP": "5", "OA_ARTIFACT_KEY": "s3cr3t",
+    })
+    assert (settings.artifact_store, settings.s3_endpoint, settings.s3_bucket) == ("s3", "http://minio:9000", "models")
+    assert (settings.s3_prefix, settings.s3_region, settings.artifact_keep) == ("oa/prod", "eu-west-1", 5)
+    assert settings.artifact_key == "s3cr3t"
+    assert "s3cr3t" not in repr(settings)  # a logged Settings does not leak the signing key
+
+
+def test_an_unknown_artifact_store_names_its_variable():
+    with pytest.raises(ValueError, match="OA_ARTIFACT_STORE='gcs'"):
+        Settings.from_env({"OA_ARTIFACT_STORE": "gcs"})

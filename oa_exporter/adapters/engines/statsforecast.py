@@ -7,14 +7,17 @@ back to SeasonalProfile (counted in Fitted.errors), so one bad series never fail
 
 from __future__ import annotations
 
+import functools
 import inspect
 import pickle
+from importlib import metadata
 from typing import Any
 
 import numpy as np
 
+from ... import __version__
 from ...core import seasonal
-from ...core.domain import Bands, Fitted, Model, ModelSpec, SeriesMatrix
+from ...core.domain import Bands, Capabilities, Fitted, Model, ModelSpec, SeriesMatrix
 
 DEFAULT_MODEL = "SeasonalProfile"
 
@@ -24,6 +27,11 @@ class StatsForecastEngine:
 
     name = "statsforecast"
     default_model = DEFAULT_MODEL
+
+    @functools.cached_property
+    def versions(self) -> dict[str, str]:
+        """What a pickled model depends on: our classes (oa-exporter), statsforecast's, numpy's arrays."""
+        return {"oa-exporter": __version__, **{name: _installed(name) for name in ("statsforecast", "numpy")}}
 
     def validate(self, spec: ModelSpec) -> None:
         if spec.name == DEFAULT_MODEL:
@@ -62,6 +70,13 @@ class StatsForecastEngine:
             raise ValueError("artifact payload is not a statsforecast engine model")
         return fitted
 
+    def capabilities(self, spec: ModelSpec) -> Capabilities:
+        """Local models, fitted per series (SeasonalProfile: per rule), CPU only, refit to learn."""
+        return Capabilities()
+
+    def update(self, model: Model, history: SeriesMatrix) -> Fitted:
+        raise NotImplementedError("statsforecast models learn new observations only by a refit")
+
 
 class _Payload:
     """Learned state: one statsforecast model per series (None where it failed) and the fallback."""
@@ -70,6 +85,14 @@ class _Payload:
         self.fallback = fallback
         self.models = models
         self.end_index = end_index
+
+
+def _installed(distribution: str) -> str:
+    """Installed version of a package, read from its metadata (no import)."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "absent"
 
 
 def _model_class(name: str) -> type:

@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 
 from ... import __version__
 from ...core.domain import Rule, RuleSet, SeriesState
+from .coverage import BandCoverage
 
 QUERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 FIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -81,6 +82,8 @@ class PrometheusTelemetry:
         self._artifact_labels: dict[str, set[tuple[str, str]]] = {}  # per rule, label pairs to forget
         self.model_age = _ModelAge(clock)
         r.register(self.model_age)
+        self.coverage = BandCoverage()
+        r.register(self.coverage)
 
     def query_done(self, rule: str, kind: str, seconds: float, ok: bool) -> None:
         self.query_seconds.labels(rule, kind).observe(seconds)
@@ -132,6 +135,9 @@ class PrometheusTelemetry:
         self.artifact_size.labels(rule).set(size)
         self.artifact_write_seconds.observe(seconds)
 
+    def band_coverage(self, rule: str, inside: int, scored: int, at: float) -> None:
+        self.coverage.add(rule, inside, scored, at)
+
     def forget_rule(self, rule: Rule) -> None:
         for metric in (self.healthy, self.fit_seconds, self.fits, self.fit_failures, self.fallbacks, self.last_fit,
                        self.refit_period, self.artifact_size):
@@ -144,6 +150,7 @@ class PrometheusTelemetry:
             _remove(self.query_seconds, rule.name, kind)
             _remove(self.query_failures, rule.name, kind)
         self.model_age.trained_at.pop(rule.name, None)
+        self.coverage.forget(rule.name)
 
     def render(self) -> bytes:
         """Text exposition of the self-monitoring metrics."""

@@ -97,4 +97,7 @@ class Inferencer:
                 states = {"ready": ready, "failed": failed, "not-ready": n - ready - failed}
         score = anomaly_score(vector.values, yhat, lower, upper, rule.direction)
         self.telemetry.series_states(rule.name, states)
-        return RuleScores(rule, vector.keys, vector.labels, vector.timestamp, vector.values, yhat, lower, upper, score)
+        inside = int(np.count_nonzero((vector.values >= lower) & (vector.values <= upper)))  # NaN: never inside
+        self.telemetry.band_coverage(rule.name, inside, int(np.count_nonzero(~np.isnan(score))), vector.timestamp)
+        return RuleScores(rule, vector.keys, vector.labels, vector.timestamp, vector.values, yhat, lower, upper, score,
+                          states)

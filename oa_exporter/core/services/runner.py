@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..domain import InstantVector, Model, Rule, RuleGroup, RuleScores, RuleSet
+from ..domain import InstantVector, Model, Rule, RuleGroup, RuleScores, RuleSet, RuleStatus, SeriesState
 from ..errors import OAError
 from ..ports import ResultSink, Telemetry
 from .inferencer import Forecasts, Inferencer
@@ -30,16 +30,28 @@ class RuleSlot:
     failures: int = 0
     unmodelled: int = 0
     loaded: bool = False
+    series: dict[str, int] = field(default_factory=dict)  # series per SeriesState in the last cycle
+    fit_error: str = ""  # why the last fit failed ("" when it worked)
+    cycle_error: str = ""  # why the last scoring cycle failed
+
+    def next_fit(self, interval: float) -> float:
+        """When a (re)fit is due: at train.every, retried with backoff without a model, sooner (at most hourly)
+        while series without a model are present; -inf when never tried."""
+        if self.forecasts is None:
+            return self.last_fit_attempt + min(self.rule.train_every, interval * 2 ** min(self.failures, 6))
+        trained_at = self.forecasts.model.trained_at
+        scheduled = max(trained_at + self.rule.train_every, self.last_fit_attempt + interval)
+        if self.unmodelled > 0:  # a model loaded at start counts as a fit attempt
+            return min(scheduled, max(self.last_fit_attempt, trained_at) + min(self.rule.train_every, NEW_SERIES_REFIT))
+        return scheduled
 
     def fit_due(self, now: float, interval: float) -> bool:
         """Whether a (re)fit should start now."""
-        since = now - self.last_fit_attempt
-        if self.forecasts is None:
-            return since >= min(self.rule.train_every, interval * 2 ** min(self.failures, 6))
-        if now - self.forecasts.model.trained_at >= self.rule.train_every:
-            return since >= interval
-        last = max(self.last_fit_attempt, self.forecasts.model.trained_at)  # a model loaded at start counts
-        return self.unmodelled > 0 and now - last >= min(self.rule.train_every, NEW_SERIES_REFIT)
+        return now >= self.next_fit(interval)
+
+    @property
+    def error(self) -> str:
+        return self.cycle_error or self.fit_error
 
 
 @dataclass
@@ -52,6 +64,8 @@ class Runner:
     telemetry: Telemetry
     clock: Callable[[], float] = time.time
     slots: dict[str, RuleSlot] = field(default_factory=dict)
+    rules: RuleSet = field(default_factory=RuleSet)
+    fits: dict[str, int] = field(default_factory=dict)  # fits started by this process, per rule
     _groups: list[asyncio.Task] = field(default_factory=list)
     _closing: bool = False
 
@@ -65,12 +79,18 @@ class Runner:
             if fresh.get(name) is not slot:
                 self._drop(slot, removed=name not in fresh)
         self.slots = fresh
+        self.rules = rules
         self._groups = [asyncio.create_task(self._run_group(g), name=f"group:{g.name}") for g in rules.groups]
 
     async def cycle(self, group: RuleGroup, now: float) -> None:
         """Score every rule of a group once, then publish the results together."""
         await asyncio.gather(*(self._cycle_rule(self.slots[r.name], group, now) for r in group.rules))
         await asyncio.to_thread(self.sink.flush)
+
+    def status(self, now: float) -> list[RuleStatus]:
+        """Every rule, group by group, as GET /api/v1/rules shows it."""
+        return [self._status(self.slots[rule.name], group, now)
+                for group in self.rules.groups for rule in group.rules if rule.name in self.slots]
 
     async def pause(self) -> None:
         """Stop the group tickers, keeping every model: cycles are then driven by hand (tests, benchmarks)."""
@@ -110,12 +130,14 @@ class Runner:
             vector = await self.inferencer.sample(rule, now)
         except OAError as e:
             log.error("rule %s: scoring failed: %s", rule.name, e)
+            slot.cycle_error = str(e)
             self.telemetry.rule_health(rule.name, False, str(e))
             self.sink.forget(rule.name)
             return
         # scoring and rendering hold the CPU for a while at 100k series: off the loop, scrapes stay fast
         scores = await asyncio.to_thread(self._score_and_publish, rule, vector, slot.forecasts)
         slot.unmodelled = int(scores.ready.size - scores.ready.sum())
+        slot.series, slot.cycle_error = dict(scores.states), ""
         self.telemetry.rule_health(rule.name, slot.failures == 0)
 
     def _score_and_publish(self, rule: Rule, vector: InstantVector, forecasts: Forecasts | None) -> RuleScores:
@@ -132,13 +154,15 @@ class Runner:
 
     async def _fit(self, slot: RuleSlot, now: float) -> None:
         rule = slot.rule
+        self.fits[rule.name] = self.fits.get(rule.name, 0) + 1
         try:
             model = await self.trainer.train(rule, now)
             await self._adopt(slot, model, self.clock())
-            slot.failures = 0
+            slot.failures, slot.fit_error = 0, ""
             log.info("rule %s: fitted %d series", rule.name, len(model.keys))
         except Exception as e:  # OAError is expected (TSDB down, cardinality); others are bugs, logged loudly
             slot.failures += 1
+            slot.fit_error = str(e) or type(e).__name__
             log.log(logging.ERROR, "rule %s: training failed (attempt %d): %s", rule.name, slot.failures, e,
                     exc_info=not isinstance(e, OAError))
             self.telemetry.rule_health(rule.name, False, str(e))
@@ -160,6 +184,23 @@ class Runner:
         if removed:
             self.sink.forget(slot.rule.name)
             self.telemetry.forget_rule(slot.rule)
+            self.trainer.forget(slot.rule.name)
+            self.fits.pop(slot.rule.name, None)
+
+    def _status(self, slot: RuleSlot, group: RuleGroup, now: float) -> RuleStatus:
+        rule, model = slot.rule, slot.forecasts.model if slot.forecasts else None
+        record = self.trainer.records.get(rule.name)
+        record = record if record is not None and record.fingerprint == rule.fingerprint() else None
+        fitting = slot.fit_task is not None and not slot.fit_task.done()
+        state = "error" if slot.error else "ok" if model else "fitting" if fitting else "pending"
+        series = {s.value: 0 for s in SeriesState} | (slot.series or dict(record.series if record else {}))
+        last_fit = model.trained_at if model else record.trained_at if record else None
+        return RuleStatus(
+            name=rule.name, group=group.name, state=state, series=series, last_fit=last_fit,
+            next_fit=None if fitting else max(slot.next_fit(group.interval), now),
+            fits_since_start=self.fits.get(rule.name, 0), artifact=model.artifact or None if model else None,
+            error=slot.error or None, fingerprint=rule.fingerprint(),
+        )
 
     async def _stop_groups(self) -> None:
         for task in self._groups:

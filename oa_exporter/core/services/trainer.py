@@ -1,4 +1,4 @@
-"""Trainer: history from the TSDB → a fitted model in the artifact store."""
+"""Trainer: history from the TSDB → a fitted model in the artifact store, and back after a restart."""
 
 from __future__ import annotations
 
@@ -7,18 +7,19 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import numpy as np
 
-from ..domain import Model, Rule, SeriesMatrix
-from ..errors import ArtifactError, CardinalityError, EngineError
+from ..domain import ArtifactInfo, FitRecord, Model, Rule, SeriesMatrix, SeriesState
+from ..errors import ArtifactError, ArtifactRejected, CardinalityError, EngineError, RejectReason
 from ..ports import ArtifactStore, JobDispatcher, ModelEngine, Telemetry, TsdbClient
 
 log = logging.getLogger(__name__)
 
 
 class Trainer:
-    """Fits a rule's series off the event loop and keeps the model in the artifact store."""
+    """Fits a rule's series off the event loop; keeps the models, and how each fit went, in the artifact store."""
 
     def __init__(
         self,
@@ -28,6 +29,7 @@ class Trainer:
         dispatcher: JobDispatcher,
         telemetry: Telemetry,
         clock: Callable[[], float] = time.time,
+        keep: int = 3,
     ):
         self.tsdb = tsdb
         self.engines = engines
@@ -35,9 +37,48 @@ class Trainer:
         self.dispatcher = dispatcher
         self.telemetry = telemetry
         self.clock = clock
+        self.keep = max(keep, 1)  # the newest model is the one in use: never prune it
+        self.records: dict[str, FitRecord] = {}  # per rule: how its last fit went (ours, or a stored one)
 
     async def train(self, rule: Rule, now: float) -> Model:
-        """Query the training window, fit every series with enough history, save the model."""
+        """Query the training window, fit every series with enough history, store the model; record the outcome."""
+        try:
+            model, series = await self._fit(rule, now)
+        except Exception as e:
+            await self._record(rule, error=str(e) or type(e).__name__)
+            raise
+        model = await self._save(self.engines[rule.model.engine], model)
+        await self._record(rule, model=model, series=series)
+        return model
+
+    async def load(self, rule: Rule, now: float) -> Model | None:
+        """The rule's newest stored model if it can be trusted, was fitted for this rule by this engine and its
+        libraries, and is younger than train.every; None means refit. Every refusal is logged and counted."""
+        await self._load_record(rule)
+        fingerprint = rule.fingerprint()
+        try:
+            stored = await self.store.list(rule.name)
+        except (ArtifactError, OSError) as e:
+            self._failed(rule.name, "read", e)
+            return None
+        matching = [info for info in stored if info.fingerprint == fingerprint]
+        if not matching:
+            if stored:
+                self._rejected(rule.name, ArtifactRejected(RejectReason.FINGERPRINT, (
+                    f"{stored[0].id}: fitted for another version of the rule (fingerprint {stored[0].fingerprint}, "
+                    f"the rule's is now {fingerprint})")))
+            return None
+        newest = matching[0]
+        if now - newest.trained_at >= rule.train_every:
+            log.info("rule %s: the stored model %s is older than train.every: refitting", rule.name, newest.id)
+            return None
+        return await self._read(rule, newest)
+
+    def forget(self, rule: str) -> None:
+        """Drop what is kept in memory about a removed rule (its stored models and record stay)."""
+        self.records.pop(rule, None)
+
+    async def _fit(self, rule: Rule, now: float) -> tuple[Model, dict[str, int]]:
         history = await self._history(rule, now)
         eligible = np.flatnonzero(history_span(history) >= rule.min_history)
         engine = self.engines[rule.model.engine]
@@ -51,29 +92,15 @@ class Trainer:
             rule=rule.name, fingerprint=rule.fingerprint(), engine=engine.name,
             keys=[history.keys[i] for i in eligible], labels=[history.labels[i] for i in eligible],
             trained_at=now, window_start=history.start, window_end=history.timestamps[-1],
-            step=rule.step, fitted=fitted,
+            step=rule.step, fitted=fitted, versions=dict(engine.versions),
         )
         self.telemetry.fit_done(rule.name, time.perf_counter() - started, True, len(fitted.errors))
         for row, error in fitted.errors.items():
             log.warning("rule %s: series %s fell back to the default model: %s", rule.name, model.labels[row], error)
-        await self._save(engine, model)
-        return model
-
-    async def load(self, rule: Rule, now: float) -> Model | None:
-        """The stored model of this rule if it matches the rule and is younger than its refit period."""
-        engine = self.engines[rule.model.engine]
-        try:
-            found = await self.store.load_latest(rule.name, rule.fingerprint())
-            if found is None:
-                return None
-            model, payload = found
-            fitted = await asyncio.to_thread(engine.loads, payload)
-        except (ArtifactError, ValueError) as e:
-            log.warning("rule %s: stored model unusable, refitting: %s", rule.name, e)
-            return None
-        if now - model.trained_at >= rule.train_every:
-            return None
-        return Model(**{**model.__dict__, "fitted": fitted})
+        ready = int(np.count_nonzero(fitted.ok))
+        series = {SeriesState.READY.value: ready, SeriesState.FAILED.value: len(eligible) - ready,
+                  SeriesState.NOT_READY.value: len(history.keys) - len(eligible)}
+        return model, series
 
     async def _history(self, rule: Rule, now: float) -> SeriesMatrix:
         end = math.floor(now / rule.step) * rule.step
@@ -91,12 +118,100 @@ class Trainer:
             )
         return history
 
-    async def _save(self, engine: ModelEngine, model: Model) -> None:
+    async def _save(self, engine: ModelEngine, model: Model) -> Model:
+        """Store the model and prune the rule's old ones; a store failure leaves the model serving, unstored."""
+        started = time.perf_counter()
         try:
             payload = await asyncio.to_thread(engine.dumps, model.fitted)
-            await self.store.save(model, payload)
+            artifact = await self.store.put(model, payload)
         except (ArtifactError, OSError) as e:  # the model still serves; only a restart would refit
-            log.error("rule %s: could not store the model: %s", model.rule, e)
+            self._failed(model.rule, "write", e)
+            return model
+        self.telemetry.artifact_stored(model.rule, len(payload), time.perf_counter() - started)
+        await self._prune(model.rule)
+        return replace(model, artifact=artifact)
+
+    async def _prune(self, rule: str) -> None:
+        """Keep the rule's newest `keep` models, whatever their fingerprint; delete the older ones."""
+        try:
+            for old in (await self.store.list(rule))[self.keep :]:
+                await self.store.delete(old.id)
+        except (ArtifactError, OSError) as e:
+            self._failed(rule, "delete", e)
+
+    async def _read(self, rule: Rule, info: ArtifactInfo) -> Model | None:
+        """A stored model, checked and loaded by its engine; None (counted) when it must not be used."""
+        engine = self.engines[rule.model.engine]
+        try:
+            model, payload = await self.store.get(info.id)  # verified (checksum, HMAC) before we see it
+            _check_compatible(rule, engine, model, info.id)
+            fitted = await asyncio.to_thread(engine.loads, payload)
+        except ArtifactRejected as e:
+            self._rejected(rule.name, e)
+            return None
+        except ValueError as e:  # trusted and intact, but not a model this engine can load
+            self._rejected(rule.name, ArtifactRejected(RejectReason.UNREADABLE, f"{info.id}: {e}"))
+            return None
+        except (ArtifactError, OSError) as e:
+            self._failed(rule.name, "read", e)
+            return None
+        if rule.name not in self.records:  # stored before fit records existed, or the record was lost
+            self.records[rule.name] = FitRecord(rule.name, model.fingerprint, model.trained_at, True,
+                                                trained_at=model.trained_at, artifact=info.id)
+        return replace(model, fitted=fitted, artifact=info.id)
+
+    async def _load_record(self, rule: Rule) -> None:
+        """Adopt the stored fit record of this version of the rule, unless this process has a newer one."""
+        fingerprint = rule.fingerprint()
+        current = self.records.get(rule.name)
+        if current is not None and current.fingerprint == fingerprint:
+            return
+        self.records.pop(rule.name, None)
+        try:
+            stored = await self.store.get_record(rule.name)
+        except (ArtifactError, OSError) as e:
+            self._failed(rule.name, "record", e)
+            return
+        if stored is not None and stored.fingerprint == fingerprint:
+            self.records[rule.name] = stored
+
+    async def _record(self, rule: Rule, model: Model | None = None, series: dict[str, int] | None = None,
+                      error: str = "") -> None:
+        """Remember and store how a fit went; a failed fit keeps the last good model's details."""
+        fingerprint = rule.fingerprint()
+        last = self.records.get(rule.name)
+        last = last if last is not None and last.fingerprint == fingerprint else None
+        record = FitRecord(
+            rule=rule.name, fingerprint=fingerprint, finished_at=self.clock(), ok=not error, error=error,
+            trained_at=model.trained_at if model else (last.trained_at if last else None),
+            series=series if series is not None else (dict(last.series) if last else {}),
+            artifact=model.artifact if model else (last.artifact if last else ""),
+        )
+        self.records[rule.name] = record
+        try:
+            await self.store.put_record(record)
+        except (ArtifactError, OSError) as e:
+            self._failed(rule.name, "record", e)
+
+    def _rejected(self, rule: str, e: ArtifactRejected) -> None:
+        log.warning("rule %s: stored model refused (%s), refitting: %s", rule, e.reason.value, e)
+        self.telemetry.artifact_rejected(rule, e.reason.value)
+
+    def _failed(self, rule: str, operation: str, e: Exception) -> None:
+        log.error("rule %s: artifact store %s failed: %s", rule, operation, e)
+        self.telemetry.artifact_failed(rule, operation)
+
+
+def _check_compatible(rule: Rule, engine: ModelEngine, model: Model, where: str) -> None:
+    """ArtifactRejected unless the model was fitted for this rule by this engine under the same libraries."""
+    if model.rule != rule.name or model.fingerprint != rule.fingerprint():
+        raise ArtifactRejected(RejectReason.FINGERPRINT, f"{where}: fitted for rule {model.rule!r} with fingerprint "
+                               f"{model.fingerprint}, not {rule.name!r} with {rule.fingerprint()}")
+    theirs, ours = {"engine": model.engine, **model.versions}, {"engine": engine.name, **engine.versions}
+    if theirs != ours:
+        changed = ", ".join(f"{name} {theirs.get(name, 'absent')} (now {ours.get(name, 'absent')})"
+                            for name in sorted(theirs.keys() | ours.keys()) if theirs.get(name) != ours.get(name))
+        raise ArtifactRejected(RejectReason.VERSION, f"{where}: fitted under {changed}")
 
 
 def history_span(history: SeriesMatrix) -> np.ndarray:

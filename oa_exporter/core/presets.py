@@ -1,0 +1,47 @@
+"""Presets: named defaults for a rule's model, training, forecast and warm-up, for a kind of data.
+
+A rule that says `preset: default` takes these values for every key it does not set itself; a `model`
+section of its own replaces the preset's model whole. The values of `default` were chosen on the NAB
+development split (bench/nab: real ad-exchange, traffic and tweet-volume series and artificial ones),
+for the kind of data, not for its files: nothing in a preset names a file, a series or a date.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .domain import ModelSpec
+from .durations import parse_duration
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Defaults a rule inherits by naming the preset."""
+
+    model: ModelSpec
+    train_window: float
+    train_every: float
+    horizon: float
+    level: float
+    min_history: float
+
+
+PRESETS: dict[str, Preset] = {
+    # Typical infrastructure metrics: request rates, latencies, traffic, volumes with daily cycles,
+    # spikes and level shifts. A long window makes the band's tails trustworthy; 15-minute buckets on
+    # 5-minute data (96 a day) give each profile point a few samples per day instead of one; one noise
+    # level per series (per-bucket spreads from a few samples each were noise themselves); residuals
+    # measured as a forecast half an hourly refit old would meet them; tails beyond 99 % extrapolated and
+    # a 99.99 % band, so that `oa_anomaly_score > 1` fires rarely and early.
+    "default": Preset(
+        model=ModelSpec("statsforecast", "SeasonalProfile", {
+            "seasons": ["1d", "1w"], "buckets": 96, "level_window": "3h", "scale_buckets": 1, "tail": 99,
+            "residual_lag": "30m",
+        }),
+        train_window=parse_duration("28d"),
+        train_every=parse_duration("1h"),
+        horizon=parse_duration("1h"),
+        level=99.99,
+        min_history=parse_duration("1d"),
+    ),
+}

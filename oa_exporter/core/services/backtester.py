@@ -1,0 +1,140 @@
+"""Backtester: replay a rule over past samples with the daemon's own Trainer, Inferencer and refit schedule.
+
+Each cycle (a time at which the daemon would have scored) does what the runner does, in its order:
+refresh the bands when less than half a horizon is left, score the cycle's samples against the bands in
+force (Inferencer.score, one numpy pass over the series), then start the fit the schedule calls for
+(RuleSlot.fit_due: train.every, backoff after failures, at most hourly while series wait for a model).
+The daemon adopts a model only once its fit finishes, after the cycle that started it was scored; here a
+fit finishes at once and its model scores from the next cycle on. So the score at time t only ever uses
+samples from before t: the history the TSDB holds after t is never read before t is scored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..domain import InstantVector, Rule, SeriesKey
+from .inferencer import Forecasts, Inferencer
+from .runner import RuleSlot
+from .trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Samples:
+    """What the rule's instant query returned at each cycle: values[i, j] is series i at times[j] (NaN: none)."""
+
+    keys: list[SeriesKey]
+    labels: Sequence[Mapping[str, str]]
+    times: np.ndarray
+    values: np.ndarray
+
+    def at(self, cycle: int) -> tuple[np.ndarray, InstantVector]:
+        """The rows present at one cycle, and the instant vector the daemon would have read."""
+        column = self.values[:, cycle]
+        present = ~np.isnan(column)
+        if present.all():
+            return np.arange(len(self.keys)), InstantVector(self.keys, self.labels, column, float(self.times[cycle]))
+        rows = np.flatnonzero(present)
+        picked = rows.tolist()
+        vector = InstantVector([self.keys[i] for i in picked], [self.labels[i] for i in picked], column[rows],
+                               float(self.times[cycle]))
+        return rows, vector
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A rule replayed: per series (rows) and cycle (columns) its sample, forecast, band and score.
+
+    NaN where the series had no sample, or no model yet (not ready): such points are not scored.
+    """
+
+    rule: Rule
+    keys: list[SeriesKey]
+    labels: Sequence[Mapping[str, str]]
+    times: np.ndarray
+    y: np.ndarray
+    yhat: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    score: np.ndarray
+    fits: int = 0
+    fit_errors: list[str] = field(default_factory=list)
+
+    def summary(self) -> list[SeriesSummary]:
+        """Per series: points, points scored, anomalies (score > 1) and the band's empirical coverage."""
+        scored = ~np.isnan(self.score)
+        inside = scored & (self.y >= self.lower) & (self.y <= self.upper)
+        points = np.count_nonzero(~np.isnan(self.y), axis=1)
+        counted = np.count_nonzero(scored, axis=1)
+        anomalies = np.count_nonzero(scored & (self.score > 1.0), axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            coverage = np.count_nonzero(inside, axis=1) / counted
+        return [SeriesSummary(dict(self.labels[i]), int(points[i]), int(counted[i]), int(anomalies[i]),
+                              float(coverage[i])) for i in range(len(self.keys))]
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    """One series of a replay in numbers; coverage is NaN when nothing was scored."""
+
+    labels: Mapping[str, str]
+    points: int
+    scored: int
+    anomalies: int
+    coverage: float
+
+
+class Backtester:
+    """Replays rules through a Trainer and an Inferencer wired to a TSDB that holds the past."""
+
+    def __init__(self, trainer: Trainer, inferencer: Inferencer):
+        self.trainer = trainer
+        self.inferencer = inferencer
+
+    async def replay(self, rule: Rule, samples: Samples, interval: float | None = None) -> Replay:
+        """Score every cycle of `samples` in time order; `interval` is the cadence the fit schedule assumes
+        (the rule's step by default)."""
+        shape = samples.values.shape
+        yhat, lower, upper, score = (np.full(shape, np.nan) for _ in range(4))
+        slot, fits, errors = RuleSlot(rule), 0, []
+        cadence = interval or rule.step
+        for cycle, now in enumerate(samples.times.tolist()):
+            await self._refresh(slot, now)
+            rows, vector = samples.at(cycle)
+            scores = self.inferencer.score(rule, vector, slot.forecasts)
+            for target, source in ((yhat, scores.yhat), (lower, scores.lower), (upper, scores.upper),
+                                   (score, scores.score)):
+                target[rows, cycle] = source
+            slot.unmodelled = int(scores.ready.size - np.count_nonzero(scores.ready))
+            if slot.fit_due(now, cadence):
+                error = await self._fit(slot, now)
+                fits += error is None
+                if error is not None:
+                    errors.append(error)
+        return Replay(rule, samples.keys, samples.labels, samples.times, samples.values, yhat, lower, upper, score,
+                      fits, errors)
+
+    async def _refresh(self, slot: RuleSlot, now: float) -> None:
+        forecasts = slot.forecasts
+        if forecasts is not None and self.inferencer.needs_refresh(slot.rule, forecasts.bands, now):
+            bands = await self.inferencer.bands(slot.rule, forecasts.model, now)
+            slot.forecasts = Forecasts(forecasts.model, bands, forecasts.index)
+
+    async def _fit(self, slot: RuleSlot, now: float) -> str | None:
+        """Fit as the runner does; a failure is kept (and retried on the runner's backoff), never raised."""
+        slot.last_fit_attempt = now
+        try:
+            model = await self.trainer.train(slot.rule, now)
+            slot.forecasts = Forecasts.of(model, await self.inferencer.bands(slot.rule, model, now))
+        except Exception as e:  # as the runner: one failed fit never ends the replay
+            slot.failures += 1
+            log.warning("rule %s: fit at %s failed: %s", slot.rule.name, now, e)
+            return f"{now}: {type(e).__name__}: {e}"
+        slot.failures = 0
+        return None
