@@ -32,6 +32,7 @@ import diskcache
 from ...core.domain import ArtifactInfo, FitRecord, Model
 from ...core.errors import ArtifactError
 from . import codec
+from .threaded import ThreadedStore
 
 INDEX = ".index"
 TEMP_PREFIX = ".tmp-"
@@ -62,7 +63,7 @@ class _PlainDisk(diskcache.Disk):
         return super().fetch(mode, filename, value, read)
 
 
-class LocalArtifactStore:
+class LocalArtifactStore(ThreadedStore):
     """ArtifactStore in a directory of the local disk (one daemon per directory; replicas share S3 instead)."""
 
     def __init__(self, directory: str | Path, key: bytes | None = None):
@@ -70,24 +71,6 @@ class LocalArtifactStore:
         self.key = key
         self._index: diskcache.Cache | None = None
         self._opening = threading.Lock()
-
-    async def put(self, model: Model, payload: bytes) -> str:
-        return await asyncio.to_thread(self._put, model, payload)
-
-    async def get(self, artifact_id: str) -> tuple[Model, bytes]:
-        return await asyncio.to_thread(self._get, artifact_id)
-
-    async def list(self, rule: str | None = None) -> builtins.list[ArtifactInfo]:
-        return await asyncio.to_thread(self._list, rule)
-
-    async def delete(self, artifact_id: str) -> None:
-        await asyncio.to_thread(self._delete, artifact_id)
-
-    async def put_record(self, record: FitRecord) -> None:
-        await asyncio.to_thread(self._put_record, record)
-
-    async def get_record(self, rule: str) -> FitRecord | None:
-        return await asyncio.to_thread(self._get_record, rule)
 
     async def close(self) -> None:
         with self._opening:

@@ -10,7 +10,6 @@ multipart uploads reclaims its parts).
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import io
 import threading
@@ -33,13 +32,14 @@ from ... import __version__
 from ...core.domain import ArtifactInfo, FitRecord, Model
 from ...core.errors import ArtifactError
 from . import codec
+from .threaded import ThreadedStore
 
 MIB = 1024 * 1024
 PERMISSIONS = "s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket"
 FAILURES = (ClientError, BotoCoreError, Boto3Error, OSError)  # what a boto3 call raises when S3 fails
 
 
-class S3ArtifactStore:
+class S3ArtifactStore(ThreadedStore):
     """ArtifactStore in an S3 bucket, shared by every replica that points at it."""
 
     def __init__(
@@ -62,24 +62,6 @@ class S3ArtifactStore:
                                        multipart_chunksize=multipart_chunksize, max_concurrency=4)
         self._client: Any = None
         self._lock = threading.Lock()
-
-    async def put(self, model: Model, payload: bytes) -> str:
-        return await asyncio.to_thread(self._put, model, payload)
-
-    async def get(self, artifact_id: str) -> tuple[Model, bytes]:
-        return await asyncio.to_thread(self._get, artifact_id)
-
-    async def list(self, rule: str | None = None) -> builtins.list[ArtifactInfo]:
-        return await asyncio.to_thread(self._list, rule)
-
-    async def delete(self, artifact_id: str) -> None:
-        await asyncio.to_thread(self._delete, artifact_id)
-
-    async def put_record(self, record: FitRecord) -> None:
-        await asyncio.to_thread(self._put_record, record)
-
-    async def get_record(self, rule: str) -> FitRecord | None:
-        return await asyncio.to_thread(self._get_record, rule)
 
     async def close(self) -> None:
         with self._lock:
