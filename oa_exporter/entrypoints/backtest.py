@@ -33,6 +33,7 @@ from ..core.durations import parse_duration
 from ..core.errors import OAError
 from ..core.services.backtester import Replay, Samples
 from ..settings import Settings
+from .flags import add_setting_flag
 
 if TYPE_CHECKING:
     from ..adapters.reports.backtest_files import BacktestReport
@@ -63,7 +64,7 @@ def add_parser(commands: Any) -> None:
                     "with the daemon's own fitting and scoring; write per-series CSVs, plots and a summary.")
     for f in fields(Settings):
         if f.name in SETTINGS or f.name.startswith("query_") or f.metadata["flag"].startswith("--prometheus"):
-            _add_setting(parser, f)
+            add_setting_flag(parser, f)
     parser.add_argument("--rule", action="append", dest="only", help="replay only this rule (repeatable)")
     parser.add_argument("--from", dest="start", help="first time to score: RFC 3339, unix seconds, now-7d")
     parser.add_argument("--to", dest="end", default=None,
@@ -235,20 +236,6 @@ def _time(text: str, now: float) -> float:
     if text.startswith("now-"):
         return now - parse_duration(text[4:])
     return parse_time(text)
-
-
-def _add_setting(parser: argparse.ArgumentParser, f: Any) -> None:
-    meta = f.metadata
-    kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f"{meta['help']} (env {meta['env']})"}
-    if meta.get("many"):
-        kwargs["action"] = "append"
-    elif isinstance(f.default, bool):
-        kwargs["action"] = argparse.BooleanOptionalAction
-    else:
-        kwargs["type"] = type(f.default)
-        if "choices" in meta:
-            kwargs["choices"] = meta["choices"]
-    parser.add_argument(meta["flag"], **kwargs)
 
 
 def _typed(value: Any) -> Any:

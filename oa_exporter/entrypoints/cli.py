@@ -8,10 +8,10 @@ import logging
 import signal
 import sys
 from dataclasses import fields
-from typing import Any
 
 from .. import __version__
 from ..settings import Settings
+from .flags import add_setting_flag
 
 log = logging.getLogger("oa_exporter")
 
@@ -55,17 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per Settings field; each names its OA_* variable, which supplies the default."""
     for f in fields(Settings):
-        meta = f.metadata
-        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f"{meta['help']} (env {meta['env']})"}
-        if meta.get("many"):
-            kwargs["action"] = "append"
-        elif isinstance(f.default, bool):
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = type(f.default)
-            if "choices" in meta:
-                kwargs["choices"] = meta["choices"]
-        parser.add_argument(meta["flag"], **kwargs)
+        add_setting_flag(parser, f)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
