@@ -63,7 +63,7 @@ def overview() -> dict:
                                                       instant=True)], (0, 0, 6, 4),
               fieldConfig={"defaults": {"thresholds": thresholds(("green", None), ("red", 1))}, "overrides": []}),
         panel("stat", "Series scored", [target(f"count(oa_anomaly_score{rules})", instant=True)], (6, 0, 6, 4)),
-        panel("stat", "Series not ready", [target(f'sum(oa_rule_series{{rule=~"$rule",state="not-ready"}})',
+        panel("stat", "Series not ready", [target('sum(oa_rule_series{rule=~"$rule",state="not-ready"})',
                                                   instant=True)], (12, 0, 6, 4)),
         panel("stat", "Rules unhealthy", [target(f"count(oa_rule_healthy{rules} == 0) or vector(0)",
                                                  instant=True)], (18, 0, 6, 4)),
@@ -135,7 +135,35 @@ def exporter_health() -> dict:
         panel("timeseries", "Unhealthy rules", [target("oa_rule_healthy == 0", "{{rule}}")], (0, 28, 12, 8)),
         panel("timeseries", "Model age", [target("oa_model_age_seconds", "{{rule}}")], (12, 28, 12, 8),
               fieldConfig={"defaults": {"unit": "s"}, "overrides": []}),
+        *remote_write(36),
     ], [variable_datasource()])
+
+
+def remote_write(y: int) -> list[dict]:
+    """Remote write, per destination: throughput, drops, what waits in the queue and for how long."""
+    seconds = {"defaults": {"unit": "s"}, "overrides": []}
+    return [
+        panel("timeseries", "Remote write: samples sent and retried per second", [
+            target(f"sum by (url) (rate(oa_remote_write_samples_sent_total[{RATE}]))", "sent {{url}}", "A"),
+            target(f"sum by (url) (rate(oa_remote_write_samples_retried_total[{RATE}]))", "retried {{url}}", "B"),
+        ], (0, y, 12, 8)),
+        panel("timeseries", "Remote write: samples dropped per second", [target(
+            f"sum by (url, reason) (rate(oa_remote_write_samples_dropped_total[{RATE}])) or on (url) "
+            f"sum by (url) (0 * rate(oa_remote_write_samples_sent_total[{RATE}]))", "{{url}} {{reason}}")],
+              (12, y, 12, 8)),
+        panel("timeseries", "Remote write: samples waiting in the queue",
+              [target("sum by (url) (oa_remote_write_queue_samples)", "{{url}}")], (0, y + 8, 12, 8)),
+        panel("timeseries", "Remote write: age of the oldest queued sample",
+              [target("max by (url) (oa_remote_write_oldest_sample_age_seconds)", "{{url}}")], (12, y + 8, 12, 8),
+              fieldConfig=seconds),
+        panel("timeseries", "Remote write: request time (p99)", [target(
+            "histogram_quantile(0.99, sum by (le, url) "
+            f"(rate(oa_remote_write_request_duration_seconds_bucket[{RATE}])))", "{{url}}")], (0, y + 16, 12, 8),
+              fieldConfig=seconds),
+        panel("stat", "Remote write: since the last accepted request",
+              [target("time() - max by (url) (oa_remote_write_last_success_timestamp_seconds)", "{{url}}",
+                      instant=True)], (12, y + 16, 12, 8), fieldConfig=seconds),
+    ]
 
 
 def main() -> None:

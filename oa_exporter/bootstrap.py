@@ -26,15 +26,18 @@ from .adapters.stores.local import LocalArtifactStore
 from .adapters.stores.noop import NoopArtifactStore
 from .adapters.telemetry.prometheus_client import PrometheusTelemetry
 from .adapters.tsdb.prometheus import HttpAuth, PrometheusClient
-from .core.domain import ModelSpec, RuleSet, RuleStatus
+from .core.domain import ModelSpec, Rule, RuleSet, RuleStatus
 from .core.errors import RuleError
-from .core.ports import ArtifactStore, JobDispatcher, ModelEngine, TsdbClient
+from .core.ports import ArtifactStore, JobDispatcher, JobQueue, ModelEngine, Telemetry, TsdbClient
 from .core.services.inferencer import Inferencer
+from .core.services.queued_trainer import QueuedTrainer
 from .core.services.runner import Runner
 from .core.services.trainer import Trainer
+from .core.services.worker import JobWorker
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from .adapters.dispatch.celery import CeleryOptions
     from .adapters.sinks.remote_write import RemoteDestination
     from .core.domain import SeriesMatrix
     from .core.services.backtester import Backtester
@@ -173,6 +176,7 @@ class App:
     clock: Callable[[], float]
     store: ArtifactStore | None = None
     output: FanOut | None = None  # where the runner's results go; its senders start with the first load
+    queue: JobQueue | None = None  # the celery dispatcher's queues, when fits run on workers
     rules: RuleSet | None = None
     rules_version: str = ""
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -226,6 +230,8 @@ class App:
         if self.output is not None:
             await self.output.close()  # after the runner: its last results are queued, not lost
         await self.dispatcher.close()
+        if self.queue is not None:
+            await self.queue.close()
         await self.tsdb.close()
         if self.store is not None:
             await self.store.close()
@@ -237,21 +243,94 @@ def bootstrap(
     tsdb: TsdbClient | None = None,
     store: ArtifactStore | None = None,
     dispatcher: JobDispatcher | None = None,
+    queue: JobQueue | None = None,
     clock: Callable[[], float] = time.time,
 ) -> App:
     """Wire the daemon from settings; tests pass their own adapters."""
     engines = engine_registry()
     tsdb = tsdb or tsdb_client(settings)
     store = store or artifact_store(settings)
-    dispatcher = dispatcher or LocalPoolDispatcher(settings.pool_workers or None, settings.job_timeout)
     telemetry = PrometheusTelemetry(clock)
+    dispatcher = dispatcher or LocalPoolDispatcher(settings.pool_workers or None, settings.job_timeout,
+                                                   settings.job_retries, telemetry)
     page = ExpositionPage(extra=telemetry.render)
-    trainer = Trainer(tsdb, engines, store, dispatcher, telemetry, clock, keep=settings.artifact_keep)
-    inferencer = Inferencer(tsdb, engines, telemetry)
+    if settings.dispatcher == "celery":
+        _check_shared_store(settings, store)
+        queue = queue or celery_queue(settings, telemetry)
+        trainer: Trainer = QueuedTrainer(tsdb, engines, store, dispatcher, telemetry, clock,
+                                         keep=settings.artifact_keep, queue=queue)
+        inferencer = Inferencer(tsdb, engines, telemetry, queue, offload_policy(settings, engines))
+    else:
+        trainer = Trainer(tsdb, engines, store, dispatcher, telemetry, clock, keep=settings.artifact_keep)
+        inferencer = Inferencer(tsdb, engines, telemetry)
     output = result_sink(settings, page, telemetry)
     runner = Runner(trainer, inferencer, output, telemetry, clock)
     return App(settings, config_store(settings, engines), tsdb, dispatcher, telemetry, page, runner, clock, store,
-               output=output)
+               output=output, queue=queue)
+
+
+def celery_options(settings: Settings) -> CeleryOptions:
+    """The celery dispatcher's settings, shared by the daemon and its workers."""
+    from .adapters.dispatch.celery import CeleryOptions
+
+    if not settings.celery_broker:
+        raise ValueError("--dispatcher=celery needs a broker: set --celery.broker (OA_CELERY_BROKER), e.g. "
+                         "redis://localhost:6379/0")
+    return CeleryOptions(settings.celery_broker, settings.celery_result_backend, settings.job_timeout,
+                         settings.job_retries, visibility_timeout=settings.celery_visibility_timeout)
+
+
+def celery_queue(settings: Settings, telemetry: Telemetry) -> JobQueue:
+    """The daemon's side of the celery dispatcher; celery is imported only when it is chosen."""
+    from .adapters.dispatch.celery import CeleryJobQueue, celery_app
+
+    options = celery_options(settings)
+    return CeleryJobQueue(celery_app(options), options, telemetry)
+
+
+def offload_policy(settings: Settings, engines: Mapping[str, ModelEngine]) -> Callable[[Rule], bool]:
+    """Which rules' band refreshes go to the inference queue (OA_CELERY_INFERENCE)."""
+    if settings.celery_inference == "always":
+        return lambda rule: True
+    if settings.celery_inference == "never":
+        return lambda rule: False
+    return lambda rule: engines[rule.model.engine].capabilities(rule.model).gpu
+
+
+def _check_shared_store(settings: Settings, store: ArtifactStore) -> None:
+    if isinstance(store, NoopArtifactStore):
+        raise ValueError("--dispatcher=celery needs an artifact store that daemon and workers share (s3, or local "
+                         "on a shared volume): models travel through it, never through the broker")
+
+
+@dataclass
+class WorkerServices:
+    """What a worker process runs jobs with: the daemon's Trainer code over the same TSDB and store."""
+
+    worker: JobWorker
+    tsdb: TsdbClient
+    store: ArtifactStore
+    pool: LocalPoolDispatcher
+
+    async def close(self) -> None:
+        await self.pool.close()
+        await self.tsdb.close()
+        await self.store.close()
+
+
+def worker_services(settings: Settings, concurrency: int) -> WorkerServices:
+    """A worker's JobWorker: fits run in child processes (killable, one per job), nothing is exported."""
+    import typing
+
+    from .adapters.telemetry.null import NullTelemetry
+
+    engines = engine_registry()
+    tsdb, store = tsdb_client(settings), artifact_store(settings)
+    _check_shared_store(settings, store)
+    pool = LocalPoolDispatcher(concurrency, settings.job_timeout, retries=0)  # celery retries the whole job
+    trainer = Trainer(tsdb, engines, store, pool, typing.cast(Telemetry, NullTelemetry()),
+                      keep=settings.artifact_keep)
+    return WorkerServices(JobWorker(trainer, engines, store), tsdb, store, pool)
 
 
 def backtester(history: SeriesMatrix) -> Backtester:

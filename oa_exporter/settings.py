@@ -81,11 +81,29 @@ class Settings:
     s3_region: str = field(default="", metadata=_opt(
         "--artifact.s3.region", "OA_S3_REGION", "S3 region (empty: from the AWS configuration)"))
     dispatcher: str = field(default="local", metadata=_opt(
-        "--dispatcher", "OA_DISPATCHER", "where fits run: local (process pool)", choices=("local",)))
+        "--dispatcher", "OA_DISPATCHER",
+        "where fits run: local (a process pool in the daemon) or celery (workers fed through OA_CELERY_BROKER)",
+        choices=("local", "celery")))
     pool_workers: int = field(default=0, metadata=_opt(
         "--pool.workers", "OA_POOL_WORKERS", "training processes (0 = cores - 1, at least 1)"))
     job_timeout: float = field(default=3600.0, metadata=_opt(
         "--pool.job-timeout", "OA_JOB_TIMEOUT", "seconds a training job may run before it is killed"))
+    job_retries: int = field(default=1, metadata=_opt(
+        "--jobs.retries", "OA_JOB_RETRIES",
+        "extra attempts of a job that timed out or whose process died (celery: also a TSDB outage)"))
+    celery_broker: str = field(default="", metadata=_opt(
+        "--celery.broker", "OA_CELERY_BROKER",
+        "broker of the celery dispatcher: redis://HOST:6379/0, amqp://USER:PASS@HOST:5672//, sqla+sqlite:///PATH"))
+    celery_result_backend: str = field(default="", metadata=_opt(
+        "--celery.result-backend", "OA_CELERY_RESULT_BACKEND",
+        "where job results go (empty: the broker's Redis, rpc:// for RabbitMQ, db+sqlite:///PATH for SQLite)"))
+    celery_visibility_timeout: float = field(default=0.0, metadata=_opt(
+        "--celery.visibility-timeout", "OA_CELERY_VISIBILITY_TIMEOUT",
+        "Redis/SQLite brokers: seconds before a job whose worker vanished is redelivered (0 = job timeout + 600)"))
+    celery_inference: str = field(default="auto", metadata=_opt(
+        "--celery.inference", "OA_CELERY_INFERENCE",
+        "which rules' forecast bands the inference queue computes: auto (models that want a GPU), always, never",
+        choices=("auto", "always", "never")))
 
     # -- where results go: the /metrics page, Prometheus remote write, or both --
     output_mode: str = field(default="metrics", metadata=_opt(

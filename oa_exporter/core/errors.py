@@ -49,6 +49,18 @@ class EngineError(OAError):
     """A model engine could not fit or predict."""
 
 
+class DispatchError(OAError):
+    """A job could not be queued, or was lost, or its worker failed it."""
+
+
+class JobTimeout(DispatchError):
+    """A job ran past its time limit and was killed."""
+
+
+class WorkerDied(DispatchError):
+    """The process running a job died before answering (crash, out of memory, killed)."""
+
+
 class ArtifactError(OAError):
     """A stored model could not be written, found or read."""
 

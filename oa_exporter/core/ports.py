@@ -20,6 +20,7 @@ from .domain import (
     RuleSet,
     SeriesMatrix,
 )
+from .jobs import BandsJob, TrainingJob, TrainingOutcome
 
 T = TypeVar("T")
 
@@ -103,13 +104,26 @@ class ConfigStore(Protocol):
 
 
 class JobDispatcher(Protocol):
-    """Runs CPU-bound jobs off the event loop."""
+    """Runs CPU-bound jobs off the event loop, on this machine."""
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run fn(*args) elsewhere and await its result; exceptions propagate."""
+    async def run(self, fn: Callable[..., T], *args: Any, gpu: bool = False) -> T:
+        """Run fn(*args) elsewhere and await its result; exceptions propagate. gpu: place it on a free GPU."""
 
     async def close(self) -> None:
         """Stop the workers; safe to call twice."""
+
+
+class JobQueue(Protocol):
+    """Sends whole jobs to workers elsewhere, which read the TSDB and the artifact store themselves."""
+
+    async def train(self, job: TrainingJob) -> TrainingOutcome:
+        """A worker fits the rule and stores the model; raises DispatchError if the job fails or is lost."""
+
+    async def bands(self, job: BandsJob) -> Bands:
+        """A worker forecasts bands from a stored model; raises DispatchError if the job fails or is lost."""
+
+    async def close(self) -> None:
+        """Release connections; safe to call twice."""
 
 
 class ResultSink(Protocol):
@@ -160,6 +174,16 @@ class Telemetry(Protocol):
 
     def band_coverage(self, rule: str, inside: int, scored: int, at: float) -> None:
         """One cycle: of `scored` series with a forecast and a sample, `inside` lay within their `level` band."""
+
+    def job_queued(self, queue: str) -> None:
+        """A job was handed to a queue (training, inference)."""
+
+    def job_running(self, queue: str) -> None:
+        """A queued job started on a worker."""
+
+    def job_done(self, queue: str, seconds: float, ok: bool, retries: int = 0, started: bool = True,
+                 reason: str = "") -> None:
+        """A job finished (ok) or failed for good (reason: error, timeout, lost, broker); retries: extra attempts."""
 
     def forget_rule(self, rule: Rule) -> None:
         """Drop every per-rule metric of a removed rule."""

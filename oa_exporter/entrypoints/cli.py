@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--log.level", dest="log_level", default=None, choices=("debug", "info", "warn", "error"))
     demo.add_argument("--log.format", dest="log_format", default=None, choices=("logfmt", "json"))
     demo.set_defaults(handler=_demo)
+    worker = commands.add_parser("worker", help="run a celery worker for the training or inference queue",
+                                 description="Consume one queue of the celery dispatcher (OA_CELERY_BROKER).")
+    worker.add_argument("--queue", required=True, choices=("training", "inference"), help="the queue to consume")
+    worker.add_argument("--concurrency", type=int, default=0, help="jobs at once (default: the number of cores)")
+    _add_settings_flags(worker)
+    worker.set_defaults(handler=_worker)
     check = commands.add_parser("check", help="validate rules files (exit 0 when valid, 1 otherwise)")
     check.add_argument("files", nargs="+", help="rules files, directories or globs")
     check.add_argument("--model.engine", dest="model_engine", default=None, help="default engine (OA_MODEL_ENGINE)")
@@ -106,6 +112,22 @@ def _run(args: argparse.Namespace) -> int:
     from .daemon import serve
 
     return asyncio.run(serve(settings))
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import os
+
+    from .logs import configure
+
+    settings = _settings(args)
+    configure(settings.log_level, settings.log_format)
+    from .worker import run_worker
+
+    try:
+        return run_worker(settings, args.queue, args.concurrency or os.cpu_count() or 1)
+    except ValueError as e:
+        log.error("worker not started: %s", e)
+        return 2
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -15,8 +15,10 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from oa_exporter.entrypoints.cli import main as cli
-from tests.integration.test_daemon_prometheus import RULES, run_daemon, wait_for_scores
-from tests.servers import PrometheusServer, free_port
+from oa_exporter.entrypoints.daemon import serve
+from oa_exporter.settings import Settings
+from tests.integration.test_daemon_prometheus import RULES, wait_for_scores
+from tests.servers import PrometheusServer, VictoriaMetricsServer, free_port
 from tests.synthetic import Scenario
 
 pytestmark = pytest.mark.integration
@@ -62,18 +64,34 @@ def expressions() -> list[tuple[str, str]]:
     return found
 
 
+async def run_daemon_writing(prometheus, tmp: Path, port: int, destinations: tuple[str, ...]):
+    """The daemon on RULES, serving /metrics and remote-writing its results (--output.mode both)."""
+    (tmp / "rules.yaml").write_text(RULES)
+    settings = Settings(
+        rules=(str(tmp / "rules.yaml"),), prometheus_url=prometheus.url, web_listen_address=f"127.0.0.1:{port}",
+        artifact_dir=str(tmp / "models"), pool_workers=1, query_retries=1, output_mode="both",
+        remote_write_urls=destinations, remote_write_queue_dir=str(tmp / "remote-write"),
+    )
+    stop = asyncio.Event()
+    return f"http://127.0.0.1:{port}", stop, asyncio.create_task(serve(settings, stop=stop))
+
+
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory):
-    """A Prometheus that has the synthetic history and scrapes a running daemon every second."""
+    """A Prometheus that has the synthetic history and scrapes a running daemon every second; the daemon also
+    remote-writes to VictoriaMetrics and to a URL that refuses every request (so drops are counted)."""
     port = free_port()
     scrape = {"scrape_configs": [{"job_name": "oa-exporter", "scrape_interval": "1s", "honor_labels": True,
                                   "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}]}
     scenario = Scenario(end=time.time())
     tmp = tmp_path_factory.mktemp("assets")
-    with PrometheusServer(tmp, series=scenario.build(), extra_config=scrape) as prometheus:
+    with PrometheusServer(tmp, series=scenario.build(), extra_config=scrape) as prometheus, \
+            VictoriaMetricsServer(tmp) as victoria:
+        prometheus.receiving, prometheus.refusing = f"{victoria.url}/api/v1/write", f"{prometheus.url}/api/v1/nowhere"
 
         async def daemon_scraped() -> None:
-            base, stop, task = await run_daemon(prometheus, tmp, RULES, port=port)
+            destinations = (prometheus.receiving, prometheus.refusing)
+            base, stop, task = await run_daemon_writing(prometheus, tmp, port, destinations)
             try:
                 await wait_for_scores(f"{base}/metrics", "requests")
                 await asyncio.sleep(12)  # a dozen scrapes: enough samples for rate() over 1m
@@ -106,6 +124,19 @@ def test_alert_expressions_evaluate_and_the_anomaly_alert_fires_on_the_spikes(sc
     assert {r["metric"]["rule"] for r in unhealthy} >= {"too_many"}
     fresh = prometheus.query("oa_model_age_seconds < on (instance, rule) 2 * oa_rule_refit_period_seconds", at)
     assert {r["metric"]["rule"] for r in fresh["result"]} >= {"requests"}  # the stale alert's join matches
+
+
+def test_remote_write_alerts_see_the_refusing_destination_and_not_the_healthy_one(scraped):
+    prometheus, at = scraped
+    rules = {r["alert"]: r["expr"] for g in _yaml(ALERTS / "openanomaly.yaml")["groups"] for r in g["rules"]}
+    dropping = prometheus.query(rules["OpenAnomalyRemoteWriteDropping"], at)["result"]
+    assert {(r["metric"]["url"], r["metric"]["reason"]) for r in dropping} == {(prometheus.refusing, "http_404")}
+    assert prometheus.query(rules["OpenAnomalyRemoteWriteQueueGrowing"], at)["result"] == []  # nothing waits
+    watched = prometheus.query("oa_remote_write_oldest_sample_age_seconds and on (instance, url) "
+                               "oa_remote_write_queue_samples", at)["result"]  # the growing alert's two sides
+    assert {r["metric"]["url"] for r in watched} == {prometheus.receiving, prometheus.refusing}
+    sent = prometheus.query("increase(oa_remote_write_samples_sent_total[1m]) > 0", at)["result"]
+    assert {r["metric"]["url"] for r in sent} == {prometheus.receiving}
 
 
 def _yaml(path: Path) -> dict:

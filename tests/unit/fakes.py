@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,9 +81,12 @@ class InlineDispatcher:
         self.jobs = 0
         self.closed = 0
         self.fail = False
+        self.gate: asyncio.Event | None = None  # when set, jobs wait for it: a fit that is still running
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any, gpu: bool = False) -> T:
         self.jobs += 1
+        if self.gate is not None:
+            await self.gate.wait()
         if self.fail:
             raise MemoryError("fake: the worker ran out of memory")
         return fn(*args)

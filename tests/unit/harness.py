@@ -10,7 +10,7 @@ from typing import Any
 from oa_exporter.adapters.stores.local import LocalArtifactStore
 from oa_exporter.bootstrap import App, bootstrap
 from oa_exporter.core.domain import RuleStatus
-from oa_exporter.core.ports import ArtifactStore
+from oa_exporter.core.ports import ArtifactStore, JobQueue
 from oa_exporter.settings import Settings
 from tests.unit.fakes import FakeClock, FakeTsdb, InlineDispatcher, value, values
 
@@ -21,14 +21,14 @@ class Daemon:
     """The wired app plus its fakes; `cycle()` scores every group once at the clock's time."""
 
     def __init__(self, rules: Path, tsdb: FakeTsdb, models: Path, now: float = END,
-                 store: ArtifactStore | None = None, **settings: Any):
+                 store: ArtifactStore | None = None, queue: JobQueue | None = None, **settings: Any):
         self.clock = FakeClock(now)
         self.tsdb = tsdb
         self.dispatcher = InlineDispatcher()
         self.store = store if store is not None else LocalArtifactStore(models)
         self.app: App = bootstrap(
             Settings(rules=(str(rules),), **settings), tsdb=tsdb, store=self.store,
-            dispatcher=self.dispatcher, clock=self.clock,
+            dispatcher=self.dispatcher, queue=queue, clock=self.clock,
         )
 
     async def load(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
@@ -10,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from oa_exporter.adapters.dispatch.gpu import GpuSlots
 from oa_exporter.adapters.dispatch.local_pool import JobTimeout, LocalPoolDispatcher, WorkerDied
 
 
@@ -58,7 +60,7 @@ async def test_a_crashing_job_fails_alone_and_the_next_job_runs(pool):
 
 
 async def test_a_job_past_its_limit_is_killed_and_the_pool_goes_on():
-    pool = LocalPoolDispatcher(workers=1, timeout=0.5)
+    pool = LocalPoolDispatcher(workers=1, timeout=3)  # room for a loaded machine to start the child
     started = time.monotonic()
     with pytest.raises(JobTimeout):
         await pool.run(sleep, 30)
@@ -70,3 +72,76 @@ async def test_at_most_workers_jobs_run_at_once():
     pool = LocalPoolDispatcher(workers=2, timeout=10)
     finished = sorted(await asyncio.gather(*(pool.run(sleep, 0.6) for _ in range(4))))
     assert finished[2] - finished[0] > 0.4  # the third job waited for a slot
+
+
+def visible_devices() -> str | None:
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def crash_once(marker: str) -> str:
+    """Dies the first time (leaving a marker), works the second: a flaky OOM kill."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "done"
+
+
+class Jobs:
+    """Telemetry fake recording the job reports."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def job_queued(self, queue: str) -> None:
+        self.events.append(("queued", queue))
+
+    def job_running(self, queue: str) -> None:
+        self.events.append(("running", queue))
+
+    def job_done(self, queue: str, seconds: float, ok: bool, retries: int = 0, started: bool = True,
+                 reason: str = "") -> None:
+        self.events.append(("done", queue, ok, retries, reason))
+
+
+async def test_a_job_whose_process_died_is_tried_again_within_the_bound(tmp_path):
+    jobs = Jobs()
+    pool = LocalPoolDispatcher(workers=1, timeout=10, retries=1, telemetry=jobs)
+    assert await pool.run(crash_once, str(tmp_path / "marker")) == "done"
+    assert jobs.events == [("queued", "training"), ("running", "training"), ("done", "training", True, 1, "")]
+    jobs.events.clear()
+    with pytest.raises(WorkerDied):
+        await pool.run(crash)  # dies every time: two attempts, then the job fails
+    assert jobs.events[-1] == ("done", "training", False, 1, "lost")
+    assert await pool.run(add, 1, 2) == 3
+
+
+async def test_a_timeout_is_reported_as_one():
+    jobs = Jobs()
+    pool = LocalPoolDispatcher(workers=1, timeout=2, telemetry=jobs)
+    with pytest.raises(JobTimeout):
+        await pool.run(sleep, 30)
+    assert jobs.events[-1] == ("done", "training", False, 0, "timeout")
+
+
+async def test_a_gpu_job_gets_its_own_device_and_runs_on_the_cpu_without_one(caplog):
+    with_gpus = LocalPoolDispatcher(workers=2, timeout=10, gpus=GpuSlots(lambda: [(0, 1_000), (3, 9_000)]))
+    assert await with_gpus.run(visible_devices, gpu=True) == "3"  # the device with the most free memory
+    assert await with_gpus.run(visible_devices) == os.environ.get("CUDA_VISIBLE_DEVICES")  # CPU jobs: untouched
+    without = LocalPoolDispatcher(workers=1, timeout=10, gpus=GpuSlots(lambda: []))
+    with caplog.at_level(logging.WARNING):
+        assert await without.run(visible_devices, gpu=True) == ""  # torch in the job sees no device
+        assert await without.run(visible_devices, gpu=True) == ""
+    assert caplog.text.count("has none visible") == 1  # warned once
+
+
+async def test_gpu_slots_hand_out_one_job_per_device_busiest_last():
+    free = {0: 5_000, 1: 20_000}
+    slots = GpuSlots(lambda: list(free.items()))
+    first = await slots.acquire()
+    second = await slots.acquire()
+    assert (first, second) == (1, 0)
+    waiting = asyncio.create_task(slots.acquire())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # both devices busy
+    await slots.release(0)
+    assert await asyncio.wait_for(waiting, 1) == 0

@@ -3,6 +3,7 @@ retention and fit records — the daemon wired through bootstrap() with fakes.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from dataclasses import replace
@@ -34,9 +35,11 @@ async def test_the_rules_api_follows_a_rule_from_pending_to_fitted(start_daemon,
         ("requests", "web", "pending", 0), ("errors", "web", "pending", 0)]
     assert before["requests"].next_fit == END and before["requests"].last_fit is None
 
+    daemon.dispatcher.gate = asyncio.Event()
     await daemon.cycle()
     assert daemon.api()["requests"].state == "fitting"
     assert daemon.api()["requests"].next_fit is None  # while a fit runs
+    daemon.dispatcher.gate.set()
     await daemon.fits_done()
     await daemon.cycle()
     requests = daemon.api()["requests"]

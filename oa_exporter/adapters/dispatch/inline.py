@@ -11,7 +11,7 @@ T = TypeVar("T")
 class InlineDispatcher:
     """JobDispatcher that runs fn(*args) at once; a backtest worker has no event loop to keep free."""
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any, gpu: bool = False) -> T:
         return fn(*args)
 
     async def close(self) -> None:

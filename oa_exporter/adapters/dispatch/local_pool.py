@@ -2,7 +2,8 @@
 
 Each job gets its own child, forked from a forkserver that has the engines' modules imported already, so a
 job starts in milliseconds and can be killed precisely: a job past its time limit is killed, and a child
-that dies (segfault, OOM kill) fails only its own job. The daemon and the other jobs carry on.
+that dies (segfault, OOM kill) fails only its own job. The daemon and the other jobs carry on. A job that
+timed out or died is tried again, `retries` times at most. Jobs that want a GPU get one device to themselves.
 """
 
 from __future__ import annotations
@@ -12,23 +13,21 @@ import logging
 import multiprocessing
 import os
 import pickle
+import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
-from ...core.errors import EngineError
+from ...core.errors import EngineError, JobTimeout, WorkerDied
+from ...core.jobs import TRAINING
+from ...core.ports import Telemetry
+from .gpu import GpuSlots
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+__all__ = ["JobTimeout", "LocalPoolDispatcher", "WorkerDied", "default_workers"]
 PRELOAD = ["numpy", "oa_exporter.core.seasonal", "oa_exporter.adapters.engines.statsforecast"]
-
-
-class JobTimeout(EngineError):
-    """A job ran past its time limit and was killed."""
-
-
-class WorkerDied(EngineError):
-    """The process running a job died before answering (crash, out of memory)."""
 
 
 def default_workers() -> int:
@@ -39,26 +38,61 @@ def default_workers() -> int:
 class LocalPoolDispatcher:
     """JobDispatcher running at most `workers` jobs at once, one child process per job."""
 
-    def __init__(self, workers: int | None = None, timeout: float = 3600.0):
+    def __init__(self, workers: int | None = None, timeout: float = 3600.0, retries: int = 0,
+                 telemetry: Telemetry | None = None, gpus: GpuSlots | None = None):
         self.workers = workers or default_workers()
         self.timeout = timeout
+        self.retries = retries
+        self.telemetry = telemetry  # None: jobs are not reported (tests, benchmarks)
+        self.gpus = gpus or GpuSlots()
         self._slots = asyncio.Semaphore(self.workers)
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(PRELOAD)
         self._children: set[multiprocessing.process.BaseProcess] = set()
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        async with self._slots:
-            return await asyncio.to_thread(self._run_child, fn, args)
+    async def run(self, fn: Callable[..., T], *args: Any, gpu: bool = False) -> T:
+        started, attempt, running = time.perf_counter(), 0, False
+        self._report("job_queued", TRAINING)
+        try:
+            while True:
+                try:
+                    async with self._slots:
+                        if not running:
+                            running = True
+                            self._report("job_running", TRAINING)
+                        result = await self._attempt(fn, args, gpu)
+                    break
+                except (JobTimeout, WorkerDied) as e:
+                    if attempt >= self.retries:
+                        raise
+                    attempt += 1
+                    log.warning("job attempt %d failed, trying again: %s", attempt, e)
+        except BaseException as e:
+            reason = "timeout" if isinstance(e, JobTimeout) else "lost" if isinstance(e, WorkerDied) else "error"
+            self._report("job_done", TRAINING, time.perf_counter() - started, False, attempt, running, reason)
+            raise
+        self._report("job_done", TRAINING, time.perf_counter() - started, True, attempt)
+        return result
+
+    def _report(self, event: str, *args: Any) -> None:
+        if self.telemetry is not None:
+            getattr(self.telemetry, event)(*args)
+
+    async def _attempt(self, fn: Callable[..., T], args: tuple, gpu: bool) -> T:
+        device = await self.gpus.acquire() if gpu else None
+        try:
+            return await asyncio.to_thread(self._run_child, fn, args, _devices(gpu, device))
+        finally:
+            await self.gpus.release(device)
 
     async def close(self) -> None:
         """Kill what still runs; safe to call twice."""
         for child in list(self._children):
             child.kill()
 
-    def _run_child(self, fn: Callable[..., T], args: tuple) -> T:
+    def _run_child(self, fn: Callable[..., T], args: tuple, devices: str | None) -> T:
         receiver, sender = self._context.Pipe(duplex=False)
-        child = self._context.Process(target=_child_main, args=(sender, fn, args), daemon=True)
+        child = self._context.Process(target=_child_main, args=(sender, fn, args, devices), daemon=True)
         child.start()
         sender.close()
         self._children.add(child)
@@ -88,13 +122,35 @@ def _answer(receiver: Connection, child: multiprocessing.process.BaseProcess, ti
     raise payload
 
 
-def _child_main(sender: Connection, fn: Callable[..., Any], args: tuple) -> None:
+def _devices(gpu: bool, device: int | None) -> str | None:
+    """CUDA_VISIBLE_DEVICES for the job: its device, none at all for a GPU job on the CPU, unchanged otherwise."""
+    if not gpu:
+        return None
+    return "" if device is None else str(device)
+
+
+def _child_main(sender: Connection, fn: Callable[..., Any], args: tuple, devices: str | None) -> None:
+    if devices is not None:  # before the job imports torch
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    _exit_with_parent()
     try:
         result: tuple[bool, Any] = (True, fn(*args))
     except BaseException as e:  # the parent re-raises it; the child has nothing else to do
         result = (False, e if _picklable(e) else EngineError(f"{type(e).__name__}: {e}"))
     sender.send(result)
     sender.close()
+
+
+def _exit_with_parent() -> None:
+    """A job whose daemon or worker was killed would run on unseen: stop when the forkserver goes away."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _picklable(error: BaseException) -> bool:

@@ -16,6 +16,7 @@ from .coverage import BandCoverage
 
 QUERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 FIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800)
+QUEUES = ("training", "inference")
 STATES = tuple(s.value for s in SeriesState)
 
 
@@ -80,10 +81,45 @@ class PrometheusTelemetry:
         self.artifact_write_seconds = Histogram("oa_artifact_write_duration_seconds", "Time to store a model.",
                                                 buckets=QUERY_BUCKETS, registry=r)
         self._artifact_labels: dict[str, set[tuple[str, str]]] = {}  # per rule, label pairs to forget
+        self._job_metrics(r)
         self.model_age = _ModelAge(clock)
         r.register(self.model_age)
         self.coverage = BandCoverage()
         r.register(self.coverage)
+
+    def _job_metrics(self, r: CollectorRegistry) -> None:
+        self.jobs_queued = Gauge("oa_jobs_queued", "Jobs handed to a queue that no worker has started yet.",
+                                 ["queue"], registry=r)
+        self.jobs_running = Gauge("oa_jobs_running", "Jobs running on a worker now.", ["queue"], registry=r)
+        self.jobs_succeeded = Counter("oa_jobs_succeeded", "Jobs that finished.", ["queue"], registry=r)
+        self.jobs_failed = Counter("oa_jobs_failed", "Jobs that failed for good, by reason (error; timeout: past "
+                                   "the job time limit; lost: its worker died or no result came; broker: it could "
+                                   "not be queued).", ["queue", "reason"],
+                                   registry=r)
+        self.jobs_retried = Counter("oa_jobs_retried", "Extra attempts jobs took (time limits, lost workers).",
+                                    ["queue"], registry=r)
+        self.job_seconds = Histogram("oa_job_duration_seconds", "Job duration from hand-over to result.", ["queue"],
+                                     buckets=FIT_BUCKETS, registry=r)
+        for queue in QUEUES:  # exported at 0 from the start: rate() and alerts see them
+            for metric in (self.jobs_queued, self.jobs_running, self.jobs_succeeded, self.jobs_retried):
+                metric.labels(queue)
+
+    def job_queued(self, queue: str) -> None:
+        self.jobs_queued.labels(queue).inc()
+
+    def job_running(self, queue: str) -> None:
+        self.jobs_queued.labels(queue).dec()
+        self.jobs_running.labels(queue).inc()
+
+    def job_done(self, queue: str, seconds: float, ok: bool, retries: int = 0, started: bool = True,
+                 reason: str = "") -> None:
+        (self.jobs_running if started else self.jobs_queued).labels(queue).dec()
+        if ok:
+            self.jobs_succeeded.labels(queue).inc()
+        else:
+            self.jobs_failed.labels(queue, reason or "error").inc()
+        self.jobs_retried.labels(queue).inc(retries)
+        self.job_seconds.labels(queue).observe(seconds)
 
     def query_done(self, rule: str, kind: str, seconds: float, ok: bool) -> None:
         self.query_seconds.labels(rule, kind).observe(seconds)

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..domain import Bands, InstantVector, Model, Rule, RuleScores, SeriesKey, SeriesState
-from ..errors import CardinalityError
-from ..ports import ModelEngine, Telemetry, TsdbClient
+from ..errors import CardinalityError, OAError
+from ..jobs import BandsJob
+from ..ports import JobQueue, ModelEngine, Telemetry, TsdbClient
 from ..scoring import anomaly_score
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,15 +52,23 @@ class Forecasts:
 class Inferencer:
     """Precomputes bands for the horizon and scores every series of a rule with one numpy pass."""
 
-    def __init__(self, tsdb: TsdbClient, engines: Mapping[str, ModelEngine], telemetry: Telemetry):
+    def __init__(self, tsdb: TsdbClient, engines: Mapping[str, ModelEngine], telemetry: Telemetry,
+                 queue: JobQueue | None = None, offload: Callable[[Rule], bool] = lambda rule: False):
         self.tsdb = tsdb
         self.engines = engines
         self.telemetry = telemetry
+        self.queue = queue  # where band refreshes of the rules `offload` picks go (the inference queue)
+        self.offload = offload
 
     async def bands(self, rule: Rule, model: Model, now: float) -> Bands:
         """Bands from the grid point at or before `now` to one horizon (and a cycle) ahead."""
         start = math.floor(now / rule.step) * rule.step
         steps = int(math.ceil(rule.horizon / rule.step)) + 1
+        if self.queue is not None and model.artifact and self.offload(rule):
+            try:
+                return await self.queue.bands(BandsJob(rule, model.artifact, start, steps))
+            except OAError as e:  # the model is loaded here too: forecast locally rather than score nothing
+                log.warning("rule %s: the inference queue failed, forecasting here: %s", rule.name, e)
         engine = self.engines[rule.model.engine]
         return await asyncio.to_thread(engine.predict, model, start, steps, rule.level)
 

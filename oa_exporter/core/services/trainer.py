@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..domain import ArtifactInfo, FitRecord, Model, Rule, SeriesMatrix, SeriesState
+from ..domain import FitRecord, Model, Rule, SeriesMatrix, SeriesState
 from ..errors import ArtifactError, ArtifactRejected, CardinalityError, EngineError, RejectReason
 from ..ports import ArtifactStore, JobDispatcher, ModelEngine, Telemetry, TsdbClient
 
@@ -72,7 +72,7 @@ class Trainer:
         if now - newest.trained_at >= rule.train_every:
             log.info("rule %s: the stored model %s is older than train.every: refitting", rule.name, newest.id)
             return None
-        return await self._read(rule, newest)
+        return await self.read(rule, newest.id)
 
     def forget(self, rule: str) -> None:
         """Drop what is kept in memory about a removed rule (its stored models and record stay)."""
@@ -81,10 +81,13 @@ class Trainer:
     async def _fit(self, rule: Rule, now: float) -> tuple[Model, dict[str, int]]:
         history = await self._history(rule, now)
         eligible = np.flatnonzero(history_span(history) >= rule.min_history)
+        # every series ready (the usual case): fit the query result itself, not a copy of it (1.5 GB at 50k series)
+        selected = history if len(eligible) == len(history.keys) else history.select(eligible)
         engine = self.engines[rule.model.engine]
         started = time.perf_counter()
         try:
-            fitted = await self.dispatcher.run(engine.fit, history.select(eligible), rule.model, rule.level)
+            fitted = await self.dispatcher.run(engine.fit, selected, rule.model, rule.level,
+                                               gpu=engine.capabilities(rule.model).gpu)
         except Exception as e:
             self.telemetry.fit_done(rule.name, time.perf_counter() - started, False)
             raise EngineError(f"fit failed: {type(e).__name__}: {e}") from e
@@ -139,26 +142,26 @@ class Trainer:
         except (ArtifactError, OSError) as e:
             self._failed(rule, "delete", e)
 
-    async def _read(self, rule: Rule, info: ArtifactInfo) -> Model | None:
+    async def read(self, rule: Rule, artifact_id: str) -> Model | None:
         """A stored model, checked and loaded by its engine; None (counted) when it must not be used."""
         engine = self.engines[rule.model.engine]
         try:
-            model, payload = await self.store.get(info.id)  # verified (checksum, HMAC) before we see it
-            _check_compatible(rule, engine, model, info.id)
+            model, payload = await self.store.get(artifact_id)  # verified (checksum, HMAC) before we see it
+            _check_compatible(rule, engine, model, artifact_id)
             fitted = await asyncio.to_thread(engine.loads, payload)
         except ArtifactRejected as e:
             self._rejected(rule.name, e)
             return None
         except ValueError as e:  # trusted and intact, but not a model this engine can load
-            self._rejected(rule.name, ArtifactRejected(RejectReason.UNREADABLE, f"{info.id}: {e}"))
+            self._rejected(rule.name, ArtifactRejected(RejectReason.UNREADABLE, f"{artifact_id}: {e}"))
             return None
         except (ArtifactError, OSError) as e:
             self._failed(rule.name, "read", e)
             return None
         if rule.name not in self.records:  # stored before fit records existed, or the record was lost
             self.records[rule.name] = FitRecord(rule.name, model.fingerprint, model.trained_at, True,
-                                                trained_at=model.trained_at, artifact=info.id)
-        return replace(model, fitted=fitted, artifact=info.id)
+                                                trained_at=model.trained_at, artifact=artifact_id)
+        return replace(model, fitted=fitted, artifact=artifact_id)
 
     async def _load_record(self, rule: Rule) -> None:
         """Adopt the stored fit record of this version of the rule, unless this process has a newer one."""

@@ -1,0 +1,60 @@
+"""`oa-exporter worker`: consume the training or inference queue of the celery dispatcher.
+
+A worker shares the daemon's OA_* settings: it reads the same TSDB and writes to the same artifact store. One
+event loop thread runs the jobs' I/O; Celery's threads hand jobs to it; each fit runs in a child process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Coroutine
+from typing import Any
+
+from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class LoopThread:
+    """An event loop on its own thread, for code that is synchronous (Celery's tasks) to run coroutines on."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="oa-worker-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        """Run a coroutine on the loop and wait for its result (exceptions propagate)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+def run_worker(settings: Settings, queue: str, concurrency: int) -> int:
+    """Serve jobs until SIGTERM/SIGINT (running jobs finish first; unfinished ones go back to the queue)."""
+    from ..adapters.dispatch.celery import celery_app, register_jobs, start_worker
+    from ..bootstrap import celery_options
+
+    options = celery_options(settings)
+    loop = LoopThread()
+    services = loop.run(_build(settings, concurrency))
+    app = celery_app(options)
+    register_jobs(app, options, services.worker, loop.run)
+    log.info("worker consuming the %s queue with %d job slots (broker %s)", queue, concurrency,
+             app.connection_for_read().as_uri())
+    try:
+        start_worker(app, queue, concurrency, settings.log_level.upper().replace("WARN", "WARNING"))
+    finally:
+        loop.run(services.close())
+        loop.stop()
+    return 0
+
+
+async def _build(settings: Settings, concurrency: int) -> Any:
+    from ..bootstrap import worker_services
+
+    return worker_services(settings, concurrency)  # built on the loop: its clients belong to it

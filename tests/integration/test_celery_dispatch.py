@@ -1,0 +1,195 @@
+"""The celery dispatcher on real brokers: a daemon queues fits, `oa-exporter worker` processes train them from the
+real Prometheus and store the models, the daemon loads them and serves scores."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from oa_exporter.adapters.telemetry.prometheus_client import PrometheusTelemetry
+from oa_exporter.bootstrap import celery_queue
+from oa_exporter.core.domain import ModelSpec, Rule
+from oa_exporter.core.errors import DispatchError
+from oa_exporter.core.jobs import TrainingJob
+from oa_exporter.entrypoints.daemon import serve
+from oa_exporter.settings import Settings
+from tests.integration.test_daemon_prometheus import scrape, value, wait_for_scores
+from tests.servers import PrometheusServer, free_port
+from tests.synthetic import Scenario
+from tests.workers import SYSTEM_RABBITMQ, SYSTEM_REDIS, RedisServer, Worker, reachable
+
+pytestmark = pytest.mark.integration
+
+RULES = """
+groups:
+  - name: synthetic
+    interval: 1s
+    rules:
+      - anomaly: requests
+        expr: oa_test_requests
+        step: 1m
+        train: {window: 3d, every: 1d}
+        min_history: 1d
+"""
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory):
+    scenario = Scenario(end=time.time())
+    with PrometheusServer(tmp_path_factory.mktemp("prom"), series=scenario.build()) as server:
+        yield server
+
+
+def purge(broker: str) -> None:
+    """Drop jobs left in the queues by an earlier run (the machine's brokers outlive the tests)."""
+    from celery import Celery
+
+    app = Celery(broker=broker, set_as_current=False)
+    for queue in ("training", "inference"):
+        with app.connection_for_write() as conn, conn.channel() as channel, \
+                contextlib.suppress(Exception):  # the queue does not exist yet
+            channel.queue_purge(queue)
+    app.close()
+
+
+def broker_url(kind: str, tmp_path: Path) -> str:
+    if kind == "redis":
+        if not reachable("127.0.0.1", 6379):
+            pytest.fail("Redis is not running on 127.0.0.1:6379 (.ci/run starts it)")
+        return SYSTEM_REDIS
+    if kind == "rabbitmq":
+        if not reachable("127.0.0.1", 5672):
+            pytest.fail("RabbitMQ is not running on 127.0.0.1:5672 (.ci/run starts it)")
+        return SYSTEM_RABBITMQ
+    return f"sqla+sqlite:///{tmp_path / 'broker.db'}"
+
+
+def worker_env(broker: str, prometheus: PrometheusServer, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The OA_* variables daemon and workers share."""
+    return {"OA_DISPATCHER": "celery", "OA_CELERY_BROKER": broker, "OA_PROMETHEUS_URL": prometheus.url,
+            "OA_ARTIFACT_STORE": "local", "OA_ARTIFACT_DIR": str(tmp_path / "models"), "OA_JOB_TIMEOUT": "120",
+            "OA_LOG_LEVEL": "info", **extra}
+
+
+def daemon_settings(env: dict[str, str], tmp_path: Path, rules: str = RULES) -> Settings:
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(rules)
+    port = free_port()
+    settings = Settings.from_env(env).with_overrides({
+        "rules": (str(rules_file),), "web_listen_address": f"127.0.0.1:{port}", "query_retries": 1})
+    return settings
+
+
+async def api_rules(base: str) -> list[dict]:
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/api/v1/rules") as response:
+        return (await response.json())["data"]["rules"]
+
+
+@pytest.mark.parametrize("kind", ["redis", "rabbitmq", "sqlite"])
+async def test_the_daemon_queues_fits_and_serves_the_workers_models(kind, prometheus, tmp_path):
+    broker = broker_url(kind, tmp_path)
+    if kind != "sqlite":
+        purge(broker)
+    env = worker_env(broker, prometheus, tmp_path)
+    settings = daemon_settings(env, tmp_path)
+    base = f"http://127.0.0.1:{settings.web_listen_address.rsplit(':', 1)[1]}"
+    with Worker(env, tmp_path / "worker.log") as worker:
+        worker.wait_for_log("ready.")
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(settings, stop=stop))
+        try:
+            found = await wait_for_scores(f"{base}/metrics", "requests", timeout=90)
+            rules = await api_rules(base)
+        finally:
+            stop.set()
+            assert await task == 0
+        assert "training job" in worker.log()  # the worker fitted it, not the daemon
+    scores = {s.labels["instance"]: s.value for s in found["oa_anomaly_score"] if s.labels["rule"] == "requests"}
+    assert scores["host-00"] > 1 and scores["host-05"] < 1, scores
+    artifact = rules[0]["artifact"]
+    assert artifact and (tmp_path / "models" / artifact).exists()  # written by the worker, loaded by the daemon
+    assert rules[0]["series"]["ready"] == 19
+    assert value(found, "oa_jobs_succeeded_total", queue="training") >= 1
+    assert value(found, "oa_jobs_queued", queue="training") == 0
+    assert value(found, "oa_fits_total", rule="requests") >= 1
+
+
+def slow_rule() -> Rule:
+    """AutoETS on every series: seconds of work, long enough to kill the worker in the middle of it."""
+    return Rule(name="slow", group="g", expr="oa_test_requests", step=60.0, model=ModelSpec("statsforecast", "AutoETS"),
+                train_window=3 * 86400.0, min_history=86400.0)
+
+
+@pytest.mark.parametrize("kind", ["redis", "rabbitmq"])
+async def test_a_job_whose_worker_is_killed_is_redelivered_and_completes(kind, prometheus, tmp_path):
+    broker = broker_url(kind, tmp_path)
+    purge(broker)
+    env = worker_env(broker, prometheus, tmp_path, OA_CELERY_VISIBILITY_TIMEOUT="6")
+    settings = Settings.from_env(env)
+    queue = celery_queue(settings, PrometheusTelemetry())
+    job = TrainingJob(slow_rule(), time.time())
+    with Worker(env, tmp_path / "first.log") as first:
+        first.wait_for_log("ready.")
+        pending = asyncio.create_task(queue.train(job))
+        await asyncio.to_thread(first.wait_for_log, "training job")
+        await asyncio.sleep(1.0)  # in the middle of the fit
+        first.kill()
+        assert "succeeded" not in first.log()
+    with Worker(env, tmp_path / "second.log") as second:
+        outcome = await asyncio.wait_for(pending, 120)
+        assert "training job" in second.log()
+    await queue.close()
+    assert outcome.artifact and (tmp_path / "models" / outcome.artifact).exists()
+    assert outcome.trained_at == pytest.approx(job.window_end, abs=1e-3)
+
+
+async def test_broker_down_keeps_the_models_scoring_and_dispatch_resumes_when_it_returns(prometheus, tmp_path):
+    rules = RULES.replace("every: 1d", "every: 4s")  # a refit is due every few seconds
+    with RedisServer(tmp_path) as redis:
+        env = worker_env(redis.url, prometheus, tmp_path)
+        settings = daemon_settings(env, tmp_path, rules)
+        base = f"http://127.0.0.1:{settings.web_listen_address.rsplit(':', 1)[1]}"
+        with Worker(env, tmp_path / "worker.log") as worker:
+            worker.wait_for_log("ready.")
+            stop = asyncio.Event()
+            task = asyncio.create_task(serve(settings, stop=stop))
+            try:
+                await wait_for_scores(f"{base}/metrics", "requests", timeout=90)
+                redis.stop()
+                failed = await wait_for_metric(base, "oa_fit_failures_total", lambda v: v >= 2, rule="requests")
+                during = await scrape(f"{base}/metrics")  # still scoring with the model it has
+                assert value(during, "oa_anomaly_score", rule="requests", instance="host-00") > 1
+                assert value(during, "oa_jobs_failed_total", queue="training", reason="broker") >= 1
+                fits_before = value(during, "oa_fits_total", rule="requests")
+                redis.start()
+                await wait_for_metric(base, "oa_fits_total", lambda v: v > fits_before, rule="requests")
+            finally:
+                stop.set()
+                assert await task == 0
+    assert failed >= 2
+
+
+async def wait_for_metric(base: str, name: str, ok, timeout: float = 90.0, **labels: str) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = await scrape(f"{base}/metrics")
+        current = value(found, name, **labels)
+        if current is not None and ok(current):
+            return current
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"{name}{labels} never satisfied the condition; last {current}")
+
+
+async def test_an_unreachable_broker_fails_the_dispatch_quickly(tmp_path):
+    settings = Settings(dispatcher="celery", celery_broker=f"redis://127.0.0.1:{free_port()}/0")
+    queue = celery_queue(settings, PrometheusTelemetry())
+    started = time.monotonic()
+    with pytest.raises(DispatchError, match="broker unreachable"):
+        await queue.train(TrainingJob(slow_rule(), time.time()))
+    await queue.close()
+    assert time.monotonic() - started < 30
