@@ -193,3 +193,20 @@ async def test_an_unreachable_broker_fails_the_dispatch_quickly(tmp_path):
         await queue.train(TrainingJob(slow_rule(), time.time()))
     await queue.close()
     assert time.monotonic() - started < 30
+
+
+async def test_a_stuck_job_times_out_and_is_retried_a_bounded_number_of_times(prometheus, tmp_path):
+    broker = broker_url("redis", tmp_path)
+    purge(broker)
+    env = worker_env(broker, prometheus, tmp_path, OA_JOB_TIMEOUT="1", OA_JOB_RETRIES="1")
+    telemetry = PrometheusTelemetry()
+    queue = celery_queue(Settings.from_env(env), telemetry)
+    with Worker(env, tmp_path / "worker.log") as worker:
+        worker.wait_for_log("ready.")
+        with pytest.raises(DispatchError, match="JobTimeout"):
+            await asyncio.wait_for(queue.train(TrainingJob(slow_rule(), time.time())), 120)
+        assert worker.log().count("training job train:") == 2  # the first attempt and one retry, no more
+    await queue.close()
+    page = telemetry.render().decode()
+    assert 'oa_jobs_failed_total{queue="training",reason="timeout"} 1.0' in page
+    assert 'oa_jobs_retried_total{queue="training"} 1.0' in page

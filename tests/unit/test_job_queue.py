@@ -5,6 +5,7 @@ tests/integration/test_celery_dispatch.py."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import numpy as np
@@ -171,3 +172,20 @@ async def test_band_refreshes_go_to_the_inference_queue_and_fall_back_here_when_
     queue.down = False
     await never.bands(rule, model, END + 30)
     assert len(queue.banded) == 1
+
+
+async def test_a_rule_whose_fit_is_still_running_is_not_queued_again(start_daemon, tmp_path):
+    tsdb = fake_tsdb()
+    worker, fits = job_worker(tsdb, tmp_path / "models")
+    fits.gate = asyncio.Event()  # the worker's fit hangs until released
+    queue = WorkerQueue(worker)
+    rules = RULES.replace("labels: {team: web}", "labels: {team: web}\n        train: {window: 3d, every: 5m}")
+    daemon = await start_daemon(rules, tsdb, queue=queue, dispatcher="celery", celery_broker="redis://unused")
+    for minute in range(0, 30, 5):  # refits fall due again and again while the first one runs
+        await daemon.cycle(END + 60 * minute)
+        await asyncio.sleep(0)
+    assert len(queue.trained) == 1
+    fits.gate.set()
+    await daemon.fits_done()
+    await daemon.trained(END + 40 * 60)
+    assert len(queue.trained) == 2 and daemon.fits("requests") == 2

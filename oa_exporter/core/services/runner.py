@@ -17,6 +17,7 @@ from .trainer import Trainer
 
 log = logging.getLogger(__name__)
 NEW_SERIES_REFIT = 3600.0  # while series without a model are present, refit at most this often
+NEW_SERIES_UPDATE = 600.0  # ... or, for global models, condition the model on them at most this often
 
 
 @dataclass
@@ -30,24 +31,33 @@ class RuleSlot:
     failures: int = 0
     unmodelled: int = 0
     loaded: bool = False
+    updatable: bool = False  # a global model: new series join it by `update`, no refit
+    last_update: float = -math.inf
     series: dict[str, int] = field(default_factory=dict)  # series per SeriesState in the last cycle
     fit_error: str = ""  # why the last fit failed ("" when it worked)
     cycle_error: str = ""  # why the last scoring cycle failed
 
     def next_fit(self, interval: float) -> float:
-        """When a (re)fit is due: at train.every, retried with backoff without a model, sooner (at most hourly)
+        """When a (re)fit is due: at train.every, retried with backoff while fits fail, sooner (at most hourly)
         while series without a model are present; -inf when never tried."""
         if self.forecasts is None:
             return self.last_fit_attempt + min(self.rule.train_every, interval * 2 ** min(self.failures, 6))
         trained_at = self.forecasts.model.trained_at
-        scheduled = max(trained_at + self.rule.train_every, self.last_fit_attempt + interval)
-        if self.unmodelled > 0:  # a model loaded at start counts as a fit attempt
+        retry = min(self.rule.train_every, interval * 2 ** min(self.failures, 6))  # backoff while refits fail
+        scheduled = max(trained_at + self.rule.train_every, self.last_fit_attempt + retry)
+        if self.unmodelled > 0 and not self.updatable:  # a model loaded at start counts as a fit attempt
             return min(scheduled, max(self.last_fit_attempt, trained_at) + min(self.rule.train_every, NEW_SERIES_REFIT))
         return scheduled
 
     def fit_due(self, now: float, interval: float) -> bool:
         """Whether a (re)fit should start now."""
         return now >= self.next_fit(interval)
+
+    def update_due(self, now: float, interval: float) -> bool:
+        """Whether to condition a global model on series it has not seen, instead of waiting for a refit."""
+        idle = self.fit_task is None or self.fit_task.done()
+        return (self.updatable and self.unmodelled > 0 and self.forecasts is not None and idle
+                and now - self.last_update >= max(NEW_SERIES_UPDATE, interval))
 
     @property
     def error(self) -> str:
@@ -139,6 +149,9 @@ class Runner:
         slot.unmodelled = int(scores.ready.size - scores.ready.sum())
         slot.series, slot.cycle_error = dict(scores.states), ""
         self.telemetry.rule_health(rule.name, slot.failures == 0)
+        if slot.update_due(now, group.interval):
+            slot.last_update = now
+            slot.fit_task = asyncio.create_task(self._update(slot, now), name=f"update:{rule.name}")
 
     def _score_and_publish(self, rule: Rule, vector: InstantVector, forecasts: Forecasts | None) -> RuleScores:
         scores = self.inferencer.score(rule, vector, forecasts)
@@ -167,9 +180,23 @@ class Runner:
                     exc_info=not isinstance(e, OAError))
             self.telemetry.rule_health(rule.name, False, str(e))
 
+    async def _update(self, slot: RuleSlot, now: float) -> None:
+        assert slot.forecasts is not None
+        try:
+            model = await self.trainer.update(slot.rule, slot.forecasts.model, now)
+        except Exception as e:  # the model in use stays; the next refit will take the new series
+            log.warning("rule %s: could not condition the model on new series: %s", slot.rule.name, e,
+                        exc_info=not isinstance(e, OAError))
+            return
+        before = len(slot.forecasts.model.keys)
+        await self._adopt(slot, model, now)
+        log.info("rule %s: model conditioned on %d series (%d before), weights unchanged", slot.rule.name,
+                 len(model.keys), before)
+
     async def _adopt(self, slot: RuleSlot, model: Model, now: float) -> None:
         bands = await self.inferencer.bands(slot.rule, model, now)
         slot.forecasts = Forecasts.of(model, bands)
+        slot.updatable = self.trainer.can_update(slot.rule)
         self.telemetry.model_in_use(slot.rule.name, model.trained_at)
 
     def _carry_over(self, old: RuleSlot | None, rule: Rule) -> RuleSlot:

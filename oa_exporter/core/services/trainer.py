@@ -12,7 +12,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..domain import FitRecord, Model, Rule, SeriesMatrix, SeriesState
-from ..errors import ArtifactError, ArtifactRejected, CardinalityError, EngineError, RejectReason
+from ..errors import ArtifactError, ArtifactRejected, CardinalityError, DispatchError, EngineError, RejectReason
 from ..ports import ArtifactStore, JobDispatcher, ModelEngine, Telemetry, TsdbClient
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,20 @@ class Trainer:
             return None
         return await self.read(rule, newest.id)
 
+    def can_update(self, rule: Rule) -> bool:
+        """Whether the rule's model can take new series from their history without a refit (global models)."""
+        return self.engines[rule.model.engine].capabilities(rule.model).update
+
+    async def update(self, rule: Rule, model: Model, now: float) -> Model:
+        """The model conditioned on the rule's current history, series that appeared since its fit included,
+        weights unchanged. Not stored (the next fit is); band jobs then run here, as it has no artifact."""
+        history = await self._history(rule, now)
+        fresh = history.select(np.flatnonzero(history_span(history) >= rule.min_history))
+        engine = self.engines[rule.model.engine]
+        fitted = await asyncio.to_thread(engine.update, model, fresh)
+        return replace(model, keys=fresh.keys, labels=fresh.labels, fitted=fitted,
+                       window_end=float(fresh.timestamps[-1]), artifact="")
+
     def forget(self, rule: str) -> None:
         """Drop what is kept in memory about a removed rule (its stored models and record stay)."""
         self.records.pop(rule, None)
@@ -90,6 +104,8 @@ class Trainer:
                                                gpu=engine.capabilities(rule.model).gpu)
         except Exception as e:
             self.telemetry.fit_done(rule.name, time.perf_counter() - started, False)
+            if isinstance(e, DispatchError):  # timed out, or its process died: already says so, and may be retried
+                raise
             raise EngineError(f"fit failed: {type(e).__name__}: {e}") from e
         model = Model(
             rule=rule.name, fingerprint=rule.fingerprint(), engine=engine.name,
