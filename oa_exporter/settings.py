@@ -8,6 +8,12 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 DEFAULT_PORT = 10100  # outside the 9100-9999 range the Prometheus wiki allocates to exporters
+# Adapter choices in one word; any OA_* variable or flag set explicitly still wins over its preset value.
+PRESETS: dict[str, dict[str, Any]] = {
+    "standalone": {"dispatcher": "local", "artifact_store": "local", "config_store": "yaml"},
+    "enterprise": {"dispatcher": "celery", "artifact_store": "s3", "config_store": "yaml",
+                   "celery_broker": "redis://localhost:6379/0"},
+}
 
 
 def _opt(flag: str, env: str, help: str, **extra: Any) -> dict[str, Any]:
@@ -18,6 +24,13 @@ def _opt(flag: str, env: str, help: str, **extra: Any) -> dict[str, Any]:
 class Settings:
     """Everything the daemon can be told; defaults suit a daemon beside a local Prometheus."""
 
+    preset: str = field(default="standalone", metadata=_opt(
+        "--preset", "OA_PRESET",
+        "adapter defaults: standalone (process pool, local model store) or enterprise (celery workers on "
+        "redis://localhost:6379/0, S3 model store); explicit settings win", choices=tuple(PRESETS)))
+    config_store: str = field(default="yaml", metadata=_opt(
+        "--config.store", "OA_CONFIG_STORE", "where the rules come from: yaml (files, directories, globs)",
+        choices=("yaml",)))
     rules: tuple[str, ...] = field(default=(), metadata=_opt(
         "--rules", "OA_RULES", "rules files, directories or globs (repeatable; env: comma-separated)", many=True))
     rules_poll_interval: float = field(default=10.0, metadata=_opt(
@@ -157,10 +170,13 @@ class Settings:
         "--remote-write.max-backoff", "OA_REMOTE_WRITE_MAX_BACKOFF", "longest retry delay in seconds"))
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Settings from OA_* variables, defaults for the rest."""
+    def from_env(cls, environ: Mapping[str, str] | None = None, preset: str | None = None) -> Settings:
+        """Settings from OA_* variables, then the preset's values (`preset`, else OA_PRESET), defaults for the rest."""
         environ = os.environ if environ is None else environ
-        values = {}
+        chosen = preset or environ.get("OA_PRESET") or "standalone"
+        if chosen not in PRESETS:
+            raise ValueError(f"OA_PRESET={chosen!r}: expected one of {', '.join(PRESETS)}")
+        values: dict[str, Any] = {**PRESETS[chosen], "preset": chosen}
         for f in fields(cls):
             raw = environ.get(f.metadata["env"])
             if raw is not None and raw != "":

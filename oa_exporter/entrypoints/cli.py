@@ -67,7 +67,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {f.name: getattr(args, f.name, None) for f in fields(Settings)}
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    return Settings.from_env().with_overrides(overrides)
+    return Settings.from_env(preset=overrides.pop("preset", None)).with_overrides(overrides)
 
 
 def _check(args: argparse.Namespace) -> int:

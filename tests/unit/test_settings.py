@@ -83,3 +83,26 @@ def test_reads_the_artifact_store_variables():
 def test_an_unknown_artifact_store_names_its_variable():
     with pytest.raises(ValueError, match="OA_ARTIFACT_STORE='gcs'"):
         Settings.from_env({"OA_ARTIFACT_STORE": "gcs"})
+
+
+def test_presets_choose_the_adapters_and_explicit_settings_win():
+    assert (Settings.from_env({}).dispatcher, Settings.from_env({}).artifact_store) == ("local", "local")
+    enterprise = Settings.from_env({"OA_PRESET": "enterprise"})
+    assert (enterprise.dispatcher, enterprise.artifact_store, enterprise.celery_broker) == (
+        "celery", "s3", "redis://localhost:6379/0")
+    mixed = Settings.from_env({"OA_PRESET": "enterprise", "OA_ARTIFACT_STORE": "local",
+                               "OA_CELERY_BROKER": "amqp://guest:guest@mq:5672//"})
+    assert (mixed.dispatcher, mixed.artifact_store, mixed.celery_broker) == (
+        "celery", "local", "amqp://guest:guest@mq:5672//")
+    assert Settings.from_env({"OA_PRESET": "standalone"}, preset="enterprise").dispatcher == "celery"  # the flag
+    with pytest.raises(ValueError, match="OA_PRESET='big'"):
+        Settings.from_env({"OA_PRESET": "big"})
+
+
+def test_the_preset_flag_and_a_flag_over_it(monkeypatch):
+    from oa_exporter.entrypoints.cli import _parser, _settings
+
+    monkeypatch.delenv("OA_PRESET", raising=False)
+    args = _parser().parse_args(["run", "--preset", "enterprise", "--dispatcher", "local"])
+    settings = _settings(args)
+    assert (settings.preset, settings.dispatcher, settings.artifact_store) == ("enterprise", "local", "s3")
