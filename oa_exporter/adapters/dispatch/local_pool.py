@@ -30,6 +30,33 @@ __all__ = ["JobTimeout", "LocalPoolDispatcher", "WorkerDied", "default_workers"]
 PRELOAD = ["numpy", "oa_exporter.core.seasonal", "oa_exporter.adapters.engines.statsforecast"]
 
 
+class _Reported:
+    """One job's progress, as the telemetry hears it (no telemetry: nothing is reported)."""
+
+    def __init__(self, telemetry: Telemetry | None):
+        self.telemetry = telemetry
+        self.started = time.perf_counter()
+        self.retries = 0
+        self.is_running = False
+        if telemetry is not None:
+            telemetry.job_queued(TRAINING)
+
+    def running(self) -> None:
+        if not self.is_running and self.telemetry is not None:
+            self.telemetry.job_running(TRAINING)
+        self.is_running = True
+
+    def succeeded(self) -> None:
+        if self.telemetry is not None:
+            self.telemetry.job_done(TRAINING, time.perf_counter() - self.started, True, self.retries)
+
+    def failed(self, error: BaseException) -> None:
+        reason = "timeout" if isinstance(error, JobTimeout) else "lost" if isinstance(error, WorkerDied) else "error"
+        if self.telemetry is not None:
+            self.telemetry.job_done(TRAINING, time.perf_counter() - self.started, False, self.retries,
+                                    self.is_running, reason)
+
+
 def default_workers() -> int:
     """Cores minus one (the event loop keeps one), at least one."""
     return max((os.cpu_count() or 2) - 1, 1)
@@ -51,32 +78,26 @@ class LocalPoolDispatcher:
         self._children: set[multiprocessing.process.BaseProcess] = set()
 
     async def run(self, fn: Callable[..., T], *args: Any, gpu: bool = False) -> T:
-        started, attempt, running = time.perf_counter(), 0, False
-        self._report("job_queued", TRAINING)
+        job = _Reported(self.telemetry)
         try:
-            while True:
-                try:
-                    async with self._slots:
-                        if not running:
-                            running = True
-                            self._report("job_running", TRAINING)
-                        result = await self._attempt(fn, args, gpu)
-                    break
-                except (JobTimeout, WorkerDied) as e:
-                    if attempt >= self.retries:
-                        raise
-                    attempt += 1
-                    log.warning("job attempt %d failed, trying again: %s", attempt, e)
+            result = await self._with_retries(fn, args, gpu, job)
         except BaseException as e:
-            reason = "timeout" if isinstance(e, JobTimeout) else "lost" if isinstance(e, WorkerDied) else "error"
-            self._report("job_done", TRAINING, time.perf_counter() - started, False, attempt, running, reason)
+            job.failed(e)
             raise
-        self._report("job_done", TRAINING, time.perf_counter() - started, True, attempt)
+        job.succeeded()
         return result
 
-    def _report(self, event: str, *args: Any) -> None:
-        if self.telemetry is not None:
-            getattr(self.telemetry, event)(*args)
+    async def _with_retries(self, fn: Callable[..., T], args: tuple, gpu: bool, job: _Reported) -> T:
+        while True:
+            try:
+                async with self._slots:
+                    job.running()
+                    return await self._attempt(fn, args, gpu)
+            except (JobTimeout, WorkerDied) as e:
+                if job.retries >= self.retries:
+                    raise
+                job.retries += 1
+                log.warning("job attempt %d failed, trying again: %s", job.retries, e)
 
     async def _attempt(self, fn: Callable[..., T], args: tuple, gpu: bool) -> T:
         device = await self.gpus.acquire() if gpu else None
