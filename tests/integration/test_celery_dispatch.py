@@ -210,3 +210,27 @@ async def test_a_stuck_job_times_out_and_is_retried_a_bounded_number_of_times(pr
     page = telemetry.render().decode()
     assert 'oa_jobs_failed_total{queue="training",reason="timeout"} 1.0' in page
     assert 'oa_jobs_retried_total{queue="training"} 1.0' in page
+
+
+async def test_band_refreshes_run_on_the_inference_queue(prometheus, tmp_path):
+    broker = broker_url("redis", tmp_path)
+    purge(broker)
+    env = worker_env(broker, prometheus, tmp_path, OA_CELERY_INFERENCE="always")
+    settings = daemon_settings(env, tmp_path)
+    base = f"http://127.0.0.1:{settings.web_listen_address.rsplit(':', 1)[1]}"
+    with Worker(env, tmp_path / "training.log") as training, \
+            Worker(env, tmp_path / "inference.log", queue="inference") as inference:
+        training.wait_for_log("ready.")
+        inference.wait_for_log("ready.")
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(settings, stop=stop))
+        try:
+            found = await wait_for_scores(f"{base}/metrics", "requests", timeout=90)
+        finally:
+            stop.set()
+            assert await task == 0
+        assert "Task oa.bands[" in inference.log() and "succeeded" in inference.log()
+        assert "Task oa.bands[" not in training.log()
+    scores = {s.labels["instance"]: s.value for s in found["oa_anomaly_score"] if s.labels["rule"] == "requests"}
+    assert scores["host-00"] > 1 and scores["host-05"] < 1, scores
+    assert value(found, "oa_jobs_succeeded_total", queue="inference") >= 1
