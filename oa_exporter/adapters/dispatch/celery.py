@@ -115,11 +115,11 @@ class CeleryJobQueue:
     """JobQueue over Celery for the daemon: every broker call runs on one thread (Celery clients are not
     thread-safe), results are polled without blocking the event loop."""
 
-    def __init__(self, app: Celery, options: CeleryOptions, telemetry: Telemetry, poll_interval: float = 0.25):
+    def __init__(self, app: Celery, options: CeleryOptions, telemetry: Telemetry, poll_interval: float = 0.5):
         self.app = app
         self.options = options
         self.telemetry = telemetry
-        self.poll_interval = poll_interval
+        self.poll_interval = poll_interval  # the longest wait between polls: short jobs are polled sooner
         self._client = ThreadPoolExecutor(1, thread_name_prefix="celery-client")
 
     async def train(self, job: TrainingJob) -> TrainingOutcome:
@@ -141,15 +141,15 @@ class CeleryJobQueue:
             self.telemetry.job_done(queue, time.perf_counter() - started, False, 0, False, "broker")
             raise
         try:
-            state = await self._state(result)
+            state, pause = await self._state(result), 0.01
             while state not in READY:
                 if state == "STARTED" and not running:
                     running = True
                     self.telemetry.job_running(queue)
                 if time.perf_counter() - started > self.options.deadline:
                     raise DispatchError(f"job {key} gave no result in {self.options.deadline:.0f} s: lost")
-                await asyncio.sleep(self.poll_interval)
-                state = await self._state(result)
+                await asyncio.sleep(pause)
+                state, pause = await self._state(result), min(pause * 1.5, self.poll_interval)
             value, retries = await self._call(lambda: (result.result, result.retries or 0))
         except DispatchError:
             self.telemetry.job_done(queue, time.perf_counter() - started, False, 0, running, "lost")

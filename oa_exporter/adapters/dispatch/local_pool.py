@@ -27,7 +27,10 @@ from .gpu import GpuSlots
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 __all__ = ["JobTimeout", "LocalPoolDispatcher", "WorkerDied", "default_workers"]
-PRELOAD = ["numpy", "oa_exporter.core.seasonal", "oa_exporter.adapters.engines.statsforecast"]
+# Imported once by the forkserver. A child also re-imports the parent's main module (multiprocessing does so
+# for every spawned process): for `oa-exporter` and `python -m oa_exporter` that is the CLI, preloaded here.
+PRELOAD = ["numpy", "oa_exporter.core.seasonal", "oa_exporter.adapters.engines.statsforecast",
+           "oa_exporter.entrypoints.cli"]
 
 
 class _Reported:
