@@ -28,20 +28,22 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # Typical infrastructure metrics: request rates, latencies, traffic, volumes with daily cycles,
-    # spikes and level shifts. A long window makes the band's tails trustworthy; 15-minute buckets on
-    # 5-minute data (96 a day) give each profile point a few samples per day instead of one; one noise
-    # level per series (per-bucket spreads from a few samples each were noise themselves); residuals
-    # measured as a forecast half an hourly refit old would meet them; tails beyond 99 % extrapolated and
-    # a 99.99 % band, so that `oa_anomaly_score > 1` fires rarely and early.
+    # spikes and level shifts. 15-minute buckets on 5-minute data (96 a day) give each profile point a
+    # few samples per day instead of one; one noise level per series (per-bucket spreads from a few
+    # samples each were noise themselves); residuals measured as a forecast half an hourly refit old
+    # would meet them. The 99.99 % band extrapolates the tails beyond 99 % and is capped at the window's
+    # own range widened by 5 % (`range_margin`): a sample pages when it is beyond the extrapolated tail or
+    # further off than anything of the last 8 weeks. No score before 3 days of history: a range seen over
+    # a day or two is too narrow to page on.
     "default": Preset(
         model=ModelSpec("statsforecast", "SeasonalProfile", {
             "seasons": ["1d", "1w"], "buckets": 96, "level_window": "3h", "scale_buckets": 1, "tail": 99,
-            "residual_lag": "30m",
+            "range_margin": 1.05, "residual_lag": "30m",
         }),
-        train_window=parse_duration("28d"),
+        train_window=parse_duration("56d"),
         train_every=parse_duration("1h"),
         horizon=parse_duration("1h"),
         level=99.99,
-        min_history=parse_duration("1d"),
+        min_history=parse_duration("3d"),
     ),
 }

@@ -25,13 +25,20 @@ Per series, on the rule's grid:
 
   (each further decade of rarity adds what the last decade added): a 99.99 % band is then as stable as
   the 99 % one it grows from, rather than the window's largest residual.
+- A cap at the window's own range (`range_margin`, a factor >= 1; None: no cap): on each side the band
+  is never wider than the largest residual the window saw there, times `range_margin`. An exponential
+  tail extrapolated from a heavy 90-99 % step (a few dips or bursts in the window) can lie far beyond
+  anything the series ever did; with the cap, a sample pages when it is beyond the extrapolated band
+  *or* further from the forecast than anything in the window: new behaviour pages even where the tail
+  model says it is merely rare. Quantiles read off the window never exceed its range, so the cap only
+  ever narrows extrapolated levels.
 Every step is one numpy operation over the (series × time) matrix: no Python loop over series.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -44,7 +51,7 @@ PROBABILITIES = np.array(
 )
 DEFAULTS: dict[str, Any] = {
     "seasons": ["1d", "1w"], "buckets": 288, "level_window": "3h", "scale_buckets": None, "tail": None,
-    "residual_lag": "0s",
+    "residual_lag": "0s", "range_margin": None,
 }
 
 
@@ -72,6 +79,8 @@ class SeasonalProfile:
     quantiles: np.ndarray  # (len(PROBABILITIES), series): quantiles of the scaled residuals
     ok: np.ndarray
     tail: float | None = None  # central level (%) beyond which quantiles are extrapolated; None: never
+    extremes: np.ndarray | None = None  # (2, series): smallest and largest scaled residual; None: no range cap
+    range_margin: float = 1.0  # the band is capped at the window's range times this
 
     def predict(self, timestamps: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """yhat, lower, upper of shape (series, len(timestamps)) with a `level` % central interval."""
@@ -95,6 +104,9 @@ class SeasonalProfile:
         else:
             q_lo = _interpolate_rows(self.quantiles, tail)
             q_hi = _interpolate_rows(self.quantiles, 1 - tail)
+        if self.extremes is not None:  # never beyond the window's own range (see module docstring)
+            q_lo = np.maximum(q_lo, self.range_margin * self.extremes[0])
+            q_hi = np.minimum(q_hi, self.range_margin * self.extremes[1])
         return np.minimum(q_lo, 0.0), np.maximum(q_hi, 0.0)
 
 
@@ -127,18 +139,51 @@ def settings(params: Mapping[str, Any]) -> dict[str, Any]:
     tail = merged["tail"]
     if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int | float) or not 90 <= tail < 100):
         raise ValueError("SeasonalProfile tail must be a level in % from 90 to below 100, e.g. 99")
+    margin = merged["range_margin"]
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int | float)
+                               or not 1 <= margin <= 10):
+        raise ValueError("SeasonalProfile range_margin must be a factor from 1 to 10 (1.05: 5 % beyond the range)")
     return {
         "seasons": sorted(parse_duration(s) for s in seasons),
         "buckets": buckets,
         "level_window": parse_duration(merged["level_window"]),
         "scale_buckets": scale_buckets,
         "tail": float(tail) if tail is not None else None,
+        "range_margin": float(margin) if margin is not None else None,
         "residual_lag": 0.0 if merged["residual_lag"] in ("0s", 0) else parse_duration(merged["residual_lag"]),
     }
 
 
+FIT_CELLS = 1 << 22  # (series × time) cells fitted at once: each temporary of a block stays near 32 MB
+
+
 def fit(values: np.ndarray, start: float, step: float, params: Mapping[str, Any]) -> SeasonalProfile:
-    """Fit every row of `values` (series × time on the grid start + k*step, NaN for gaps)."""
+    """Fit every row of `values` (series × time on the grid start + k*step, NaN for gaps).
+
+    Rows are fitted in blocks of about FIT_CELLS cells. Every step is row-wise, so the result is the same as
+    one pass over all rows, while the fit's temporaries (a few copies of a block) stay small next to
+    `values`: 50,000 series of 14 days at 5 minutes are 1.5 GB, and several copies of that are not needed.
+    """
+    rows = max(FIT_CELLS // max(values.shape[1], 1), 1)
+    if values.shape[0] <= rows:
+        return _fit_rows(values, start, step, params)
+    blocks = [_fit_rows(values[i : i + rows], start, step, params) for i in range(0, values.shape[0], rows)]
+    return _concatenate(blocks)
+
+
+def _concatenate(blocks: list[SeasonalProfile]) -> SeasonalProfile:
+    """One SeasonalProfile of the series of `blocks`, in order (fitted on the same grid with the same params)."""
+    seasons = tuple(replace(season, profile=np.concatenate([b.seasons[k].profile for b in blocks]))
+                    for k, season in enumerate(blocks[0].seasons))
+    return replace(blocks[0], seasons=seasons, level=np.concatenate([b.level for b in blocks]),
+                   scale=np.concatenate([b.scale for b in blocks]), ok=np.concatenate([b.ok for b in blocks]),
+                   quantiles=np.concatenate([b.quantiles for b in blocks], axis=1),
+                   extremes=None if blocks[0].extremes is None
+                   else np.concatenate([b.extremes for b in blocks], axis=1))
+
+
+def _fit_rows(values: np.ndarray, start: float, step: float, params: Mapping[str, Any]) -> SeasonalProfile:
+    """fit() over one block of rows."""
     cfg = settings(params)
     timestamps = start + step * np.arange(values.shape[1])
     span = step * values.shape[1]
@@ -163,7 +208,9 @@ def fit(values: np.ndarray, start: float, step: float, params: Mapping[str, Any]
     scaled = residual / scale[:, _Buckets(scale_period, scale_count).of(timestamps)]
     quantiles = _nanquantile_rows(scaled, PROBABILITIES)
     ok = (np.sum(~np.isnan(scaled), axis=1) >= 2) & ~np.isnan(level)
-    return SeasonalProfile(tuple(seasons), level, scale_period, scale, quantiles, ok, cfg["tail"])
+    extremes = _nanrange(scaled) if cfg["range_margin"] is not None else None
+    return SeasonalProfile(tuple(seasons), level, scale_period, scale, quantiles, ok, cfg["tail"], extremes,
+                           cfg["range_margin"] or 1.0)
 
 
 def _fit_season(rest: np.ndarray, timestamps: np.ndarray, period: float, count: int, used: np.ndarray) -> Season:
@@ -213,6 +260,14 @@ def _group_nanmedian(values: np.ndarray, groups: np.ndarray, count: int) -> np.n
 def _nanmedian(values: np.ndarray) -> np.ndarray:
     """NaN-ignoring median over the last axis (NaN where all are NaN), by one sort."""
     return _nanquantile_last(values, np.array([0.5]))[..., 0]
+
+
+def _nanrange(values: np.ndarray) -> np.ndarray:
+    """Smallest and largest value of each row, ignoring NaN: shape (2, rows); NaN for a row without values."""
+    present = ~np.isnan(values)
+    lowest = np.min(np.where(present, values, np.inf), axis=1)
+    highest = np.max(np.where(present, values, -np.inf), axis=1)
+    return np.where(present.any(axis=1), np.stack([lowest, highest]), np.nan)
 
 
 def _nanquantile_rows(values: np.ndarray, probabilities: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
-"""SeasonalProfile's `tail` (extrapolated far quantiles), `scale_buckets` (one noise level or many) and
-`residual_lag` (bands sized for forecasts that have aged since the fit)."""
+"""SeasonalProfile's `tail` (extrapolated far quantiles), `range_margin` (a cap at the window's own range),
+`scale_buckets` (one noise level or many) and `residual_lag` (bands sized for forecasts that have aged since
+the fit)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from oa_exporter.core import seasonal
+from oa_exporter.core.scoring import anomaly_score
 
 DAY, STEP = 86400.0, 300.0
 START = 1_699_920_000.0  # a midnight (UTC)
@@ -37,6 +39,27 @@ def test_far_levels_extrapolate_one_decade_at_a_time_from_the_tail_level():
     np.testing.assert_allclose(half_width(plain, at, 90), w90)
 
 
+def test_a_range_margin_caps_the_extrapolated_band_at_the_windows_own_range_on_each_side():
+    rng = np.random.default_rng(3)
+    times = START + STEP * np.arange(int(14 * DAY / STEP))
+    values = 100 + 20 * np.sin(2 * np.pi * times / DAY) + rng.uniform(-3, 3, (4, len(times)))  # light tails
+    values[:, 2000] += 30  # one spike: above, the window has seen far more than the tail extrapolates
+    at = times[-1] + STEP * np.arange(1, 13)
+    params = {"scale_buckets": 1, "tail": 99}
+    free = seasonal.fit(values, times[0], STEP, params)
+    capped = seasonal.fit(values, times[0], STEP, {**params, "range_margin": 1.05})
+    yhat, lower, upper = capped.predict(at, 99.99)
+    _, free_lower, free_upper = free.predict(at, 99.99)
+    np.testing.assert_allclose(upper, free_upper)  # the spike's side: the cap is far out, nothing changes
+    deepest = capped.extremes[0][:, None]  # below, uniform noise never came near the exponential tail
+    np.testing.assert_allclose(yhat - lower, np.broadcast_to(-1.05 * deepest, yhat.shape))
+    assert np.all(lower > free_lower)
+    dip = yhat + 1.06 * deepest  # a little further down than anything in the window
+    assert np.all(anomaly_score(dip, yhat, lower, upper) > 1)
+    assert np.all(anomaly_score(dip, yhat, free_lower, free_upper) < 1)  # merely "rare" to the tail model
+    np.testing.assert_allclose(half_width(capped, at, 99), half_width(free, at, 99))  # read quantiles: as before
+
+
 def test_one_scale_bucket_gives_one_noise_level_all_day():
     times, values = noisy()
     loud = (times % DAY) < DAY / 2
@@ -64,6 +87,7 @@ def test_a_residual_lag_sizes_the_band_for_a_forecast_that_has_aged():
 @pytest.mark.parametrize("params, message", [
     ({"tail": 100}, "tail"), ({"tail": "99"}, "tail"), ({"scale_buckets": 0}, "scale_buckets"),
     ({"scale_buckets": True}, "scale_buckets"), ({"residual_lag": "soon"}, "duration"),
+    ({"range_margin": 0.9}, "range_margin"), ({"range_margin": True}, "range_margin"),
 ])
 def test_bad_values_are_refused_by_name(params, message):
     with pytest.raises(ValueError, match=message):
