@@ -172,7 +172,7 @@ def _wait_port(port: int, timeout: float = 60.0) -> None:
 
 async def main(description: str) -> None:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--rules", type=int, default=8, help="training jobs queued at once")
+    parser.add_argument("--rules", type=int, default=16, help="training jobs queued at once")
     parser.add_argument("--series", type=int, default=6, help="series per rule")
     parser.add_argument("--model", default="AutoETS", help="statsforecast model of the CPU-bound jobs")
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/12")

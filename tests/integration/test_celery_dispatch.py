@@ -85,6 +85,18 @@ def daemon_settings(env: dict[str, str], tmp_path: Path, rules: str = RULES) -> 
     return settings
 
 
+@contextlib.asynccontextmanager
+async def daemon(settings: Settings):
+    """The daemon serving on settings.web_listen_address; yields its base URL; stops it (exit 0) at the end."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, stop=stop))
+    try:
+        yield f"http://127.0.0.1:{settings.web_listen_address.rsplit(':', 1)[1]}"
+    finally:
+        stop.set()
+        assert await task == 0
+
+
 async def api_rules(base: str) -> list[dict]:
     async with aiohttp.ClientSession() as session, session.get(f"{base}/api/v1/rules") as response:
         return (await response.json())["data"]["rules"]
@@ -97,17 +109,11 @@ async def test_the_daemon_queues_fits_and_serves_the_workers_models(kind, promet
         purge(broker)
     env = worker_env(broker, prometheus, tmp_path)
     settings = daemon_settings(env, tmp_path)
-    base = f"http://127.0.0.1:{settings.web_listen_address.rsplit(':', 1)[1]}"
     with Worker(env, tmp_path / "worker.log") as worker:
         worker.wait_for_log("ready.")
-        stop = asyncio.Event()
-        task = asyncio.create_task(serve(settings, stop=stop))
-        try:
+        async with daemon(settings) as base:
             found = await wait_for_scores(f"{base}/metrics", "requests", timeout=90)
             rules = await api_rules(base)
-        finally:
-            stop.set()
-            assert await task == 0
         assert "training job" in worker.log()  # the worker fitted it, not the daemon
     scores = {s.labels["instance"]: s.value for s in found["oa_anomaly_score"] if s.labels["rule"] == "requests"}
     assert scores["host-00"] > 1 and scores["host-05"] < 1, scores
@@ -153,12 +159,9 @@ async def test_broker_down_keeps_the_models_scoring_and_dispatch_resumes_when_it
     with RedisServer(tmp_path) as redis:
         env = worker_env(redis.url, prometheus, tmp_path)
         settings = daemon_settings(env, tmp_path, rules)
-        base = f"http://127.0.0.1:{settings.web_listen_address.rsplit(':', 1)[1]}"
         with Worker(env, tmp_path / "worker.log") as worker:
             worker.wait_for_log("ready.")
-            stop = asyncio.Event()
-            task = asyncio.create_task(serve(settings, stop=stop))
-            try:
+            async with daemon(settings) as base:
                 await wait_for_scores(f"{base}/metrics", "requests", timeout=90)
                 redis.stop()
                 failed = await wait_for_metric(base, "oa_fit_failures_total", lambda v: v >= 2, rule="requests")
@@ -168,9 +171,6 @@ async def test_broker_down_keeps_the_models_scoring_and_dispatch_resumes_when_it
                 fits_before = value(during, "oa_fits_total", rule="requests")
                 redis.start()
                 await wait_for_metric(base, "oa_fits_total", lambda v: v > fits_before, rule="requests")
-            finally:
-                stop.set()
-                assert await task == 0
     assert failed >= 2
 
 
@@ -217,18 +217,12 @@ async def test_band_refreshes_run_on_the_inference_queue(prometheus, tmp_path):
     purge(broker)
     env = worker_env(broker, prometheus, tmp_path, OA_CELERY_INFERENCE="always")
     settings = daemon_settings(env, tmp_path)
-    base = f"http://127.0.0.1:{settings.web_listen_address.rsplit(':', 1)[1]}"
     with Worker(env, tmp_path / "training.log") as training, \
             Worker(env, tmp_path / "inference.log", queue="inference") as inference:
         training.wait_for_log("ready.")
         inference.wait_for_log("ready.")
-        stop = asyncio.Event()
-        task = asyncio.create_task(serve(settings, stop=stop))
-        try:
+        async with daemon(settings) as base:
             found = await wait_for_scores(f"{base}/metrics", "requests", timeout=90)
-        finally:
-            stop.set()
-            assert await task == 0
         assert "Task oa.bands[" in inference.log() and "succeeded" in inference.log()
         assert "Task oa.bands[" not in training.log()
     scores = {s.labels["instance"]: s.value for s in found["oa_anomaly_score"] if s.labels["rule"] == "requests"}
