@@ -136,7 +136,27 @@ def exporter_health() -> dict:
         panel("timeseries", "Model age", [target("oa_model_age_seconds", "{{rule}}")], (12, 28, 12, 8),
               fieldConfig={"defaults": {"unit": "s"}, "overrides": []}),
         *remote_write(36),
+        *jobs(60),
     ], [variable_datasource()])
+
+
+def jobs(y: int) -> list[dict]:
+    """Training and band jobs by queue (the process pool, or Celery workers): backlog, outcomes, duration."""
+    return [
+        panel("timeseries", "Jobs queued and running", [
+            target("sum by (queue) (oa_jobs_queued)", "queued {{queue}}", "A"),
+            target("sum by (queue) (oa_jobs_running)", "running {{queue}}", "B"),
+        ], (0, y, 12, 8)),
+        panel("timeseries", "Jobs finished, failed and retried per second", [
+            target(f"sum by (queue) (rate(oa_jobs_succeeded_total[{RATE}]))", "finished {{queue}}", "A"),
+            target(f"sum by (queue, reason) (rate(oa_jobs_failed_total[{RATE}])) or on (queue) "
+                   f"sum by (queue) (0 * rate(oa_jobs_succeeded_total[{RATE}]))", "failed {{queue}} {{reason}}", "B"),
+            target(f"sum by (queue) (rate(oa_jobs_retried_total[{RATE}]))", "retried {{queue}}", "C"),
+        ], (12, y, 12, 8)),
+        panel("timeseries", "Job duration (p90) by queue, queueing included", [target(
+            f"histogram_quantile(0.9, sum by (le, queue) (rate(oa_job_duration_seconds_bucket[{RATE}])))",
+            "{{queue}}")], (0, y + 8, 24, 8), fieldConfig={"defaults": {"unit": "s"}, "overrides": []}),
+    ]
 
 
 def remote_write(y: int) -> list[dict]:
