@@ -133,33 +133,35 @@ class CeleryJobQueue:
         self._client.shutdown(wait=False)
 
     async def _run(self, queue: str, task: str, key: str, payload: dict[str, Any]) -> Any:
-        started, running = time.perf_counter(), False
-        self.telemetry.job_queued(queue)
+        job = _Tracked(queue, key, self.telemetry)
         try:
             result = await self._send(task, queue, key, payload)
         except DispatchError:
-            self.telemetry.job_done(queue, time.perf_counter() - started, False, 0, False, "broker")
+            job.done(False, reason="broker")
             raise
         try:
-            state, pause = await self._state(result), 0.01
-            while state not in READY:
-                if state == "STARTED" and not running:
-                    running = True
-                    self.telemetry.job_running(queue)
-                if time.perf_counter() - started > self.options.deadline:
-                    raise DispatchError(f"job {key} gave no result in {self.options.deadline:.0f} s: lost")
-                await asyncio.sleep(pause)
-                state, pause = await self._state(result), min(pause * 1.5, self.poll_interval)
+            state = await self._wait(result, job)
             value, retries = await self._call(lambda: (result.result, result.retries or 0))
         except DispatchError:
-            self.telemetry.job_done(queue, time.perf_counter() - started, False, 0, running, "lost")
+            job.done(False, reason="lost")
             raise
-        ok = state == "SUCCESS"
-        reason = "" if ok else "timeout" if "JobTimeout" in _describe(value) else "error"
-        self.telemetry.job_done(queue, time.perf_counter() - started, ok, retries, running, reason)
-        if not ok:
+        if state != "SUCCESS":
+            job.done(False, retries, "timeout" if "JobTimeout" in _describe(value) else "error")
             raise DispatchError(f"{queue} job {key} failed on the worker: {_describe(value)}")
+        job.done(True, retries)
         return value
+
+    async def _wait(self, result: AsyncResult, job: _Tracked) -> str:
+        """Poll until the job is done, often at first (most jobs are short), then every poll_interval."""
+        state, pause = await self._state(result), 0.01
+        while state not in READY:
+            if state == "STARTED":
+                job.running()
+            if job.elapsed > self.options.deadline:
+                raise DispatchError(f"job {job.key} gave no result in {self.options.deadline:.0f} s: lost")
+            await asyncio.sleep(pause)
+            state, pause = await self._state(result), min(pause * 1.5, self.poll_interval)
+        return state
 
     async def _send(self, task: str, queue: str, key: str, payload: dict[str, Any]) -> AsyncResult:
         task_id = f"{key}:{uuid.uuid4().hex[:12]}"  # a fresh id: an old result of the same job is never reused
@@ -176,6 +178,28 @@ class CeleryJobQueue:
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._client, lambda: fn(*args, **kwargs))
+
+
+class _Tracked:
+    """One job as the telemetry hears of it: queued at once, running once a worker starts it, then done."""
+
+    def __init__(self, queue: str, key: str, telemetry: Telemetry):
+        self.queue, self.key, self.telemetry = queue, key, telemetry
+        self.started = time.perf_counter()
+        self.is_running = False
+        telemetry.job_queued(queue)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def running(self) -> None:
+        if not self.is_running:
+            self.is_running = True
+            self.telemetry.job_running(self.queue)
+
+    def done(self, ok: bool, retries: int = 0, reason: str = "") -> None:
+        self.telemetry.job_done(self.queue, self.elapsed, ok, retries, self.is_running, reason)
 
 
 def _describe(value: Any) -> str:
