@@ -40,6 +40,9 @@ class Settings:
         "--prometheus-url", "OA_PROMETHEUS_URL", "base URL of the Prometheus-API TSDB to read from"))
     web_listen_address: str = field(default=f":{DEFAULT_PORT}", metadata=_opt(
         "--web.listen-address", "OA_WEB_LISTEN_ADDRESS", "address to serve /metrics and the API on"))
+    worker_listen_address: str = field(default="", metadata=_opt(
+        "--worker.listen-address", "OA_WORKER_LISTEN_ADDRESS",
+        "where `oa-exporter worker` serves its own /metrics and /-/healthy, e.g. :10101 (empty: nowhere)"))
     log_level: str = field(default="info", metadata=_opt(
         "--log.level", "OA_LOG_LEVEL", "debug, info, warn or error", choices=("debug", "info", "warn", "error")))
     log_format: str = field(default="logfmt", metadata=_opt(

@@ -68,7 +68,8 @@ class Worker:
     """`oa-exporter worker` as a real subprocess (its own process group, so SIGKILL takes its children too)."""
 
     def __init__(self, env: Mapping[str, str], log_path: Path, queue: str = "training", concurrency: int = 1):
-        self.env = {**os.environ, **env}
+        self.metrics_url = f"http://127.0.0.1:{free_port()}"  # its own /metrics and /-/healthy
+        self.env = {**os.environ, "OA_WORKER_LISTEN_ADDRESS": self.metrics_url.removeprefix("http://"), **env}
         self.log_path = log_path
         self.queue = queue
         self.concurrency = concurrency

@@ -6,7 +6,8 @@ to see which role it plays:
 
 - `oa-exporter run` (the daemon) or `demo`: GET http://127.0.0.1:PORT/-/healthy must answer 200. PORT is
   the one the process was told, by `--web.listen-address` or OA_WEB_LISTEN_ADDRESS (default 10100).
-- `oa-exporter worker` and anything else: a worker serves no HTTP, so the check passes; the container is
+- `oa-exporter worker` and anything else: the check passes (a worker serves HTTP only with
+  `--worker.listen-address`, which the Helm chart probes itself); the container is
   as alive as its main process (Docker restarts it by its restart policy when it exits). Orchestrators that
   want a stricter worker check override it (`docker run --no-healthcheck`, compose `healthcheck: {disable:
   true}` or a Kubernetes probe of their own).

@@ -125,7 +125,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     try:
         return run_worker(settings, args.queue, args.concurrency or os.cpu_count() or 1)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # bad settings; --worker.listen-address taken or not ours
         log.error("worker not started: %s", e)
         return 2
 

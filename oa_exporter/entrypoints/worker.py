@@ -37,21 +37,51 @@ class LoopThread:
 def run_worker(settings: Settings, queue: str, concurrency: int) -> int:
     """Serve jobs until SIGTERM/SIGINT (running jobs finish first; unfinished ones go back to the queue)."""
     from ..adapters.dispatch.celery import celery_app, register_jobs, start_worker
+    from ..adapters.telemetry.worker_metrics import WorkerMetrics
     from ..bootstrap import celery_options
 
     options = celery_options(settings)
-    loop = LoopThread()
+    loop, metrics = LoopThread(), WorkerMetrics()
     services = loop.run(_build(settings, concurrency))
+    web_runner = loop.run(_serve_metrics(metrics, settings.worker_listen_address))
     app = celery_app(options)
-    register_jobs(app, options, services.worker, loop.run)
+    register_jobs(app, options, services.worker, loop.run, metrics)
     log.info("worker consuming the %s queue with %d job slots (broker %s)", queue, concurrency,
              app.connection_for_read().as_uri())
     try:
         start_worker(app, queue, concurrency, settings.log_level.upper().replace("WARN", "WARNING"))
     finally:
+        if web_runner is not None:
+            loop.run(web_runner.cleanup())
         loop.run(services.close())
         loop.stop()
     return 0
+
+
+async def _serve_metrics(metrics: Any, address: str) -> Any:
+    """The worker's /metrics (its jobs) and /-/healthy, on its event loop; None when no address is set."""
+    if not address:
+        return None
+    from aiohttp import web
+
+    from ..adapters.sinks.exposition import CONTENT_TYPE
+    from .daemon import listen_address
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def healthy(request: web.Request) -> web.Response:
+        return web.Response(text="OpenAnomaly worker is Healthy.\n")
+
+    app = web.Application()
+    app.router.add_get("/metrics", page)
+    app.router.add_get("/-/healthy", healthy)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, port = listen_address(address)
+    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    log.info("worker metrics on %s/metrics", address)
+    return runner
 
 
 async def _build(settings: Settings, concurrency: int) -> Any:

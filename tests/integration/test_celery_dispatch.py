@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -18,7 +23,7 @@ from oa_exporter.core.errors import DispatchError
 from oa_exporter.core.jobs import TrainingJob
 from oa_exporter.entrypoints.daemon import serve
 from oa_exporter.settings import Settings
-from tests.integration.test_daemon_prometheus import scrape, value, wait_for_scores
+from tests.integration.test_daemon_prometheus import samples, scrape, value, wait_for_scores
 from tests.servers import PrometheusServer, free_port
 from tests.synthetic import Scenario
 from tests.workers import SYSTEM_RABBITMQ, SYSTEM_REDIS, RedisServer, Worker, reachable
@@ -115,6 +120,10 @@ async def test_the_daemon_queues_fits_and_serves_the_workers_models(kind, promet
             found = await wait_for_scores(f"{base}/metrics", "requests", timeout=90)
             rules = await api_rules(base)
         assert "training job" in worker.log()  # the worker fitted it, not the daemon
+        own = samples(urllib.request.urlopen(f"{worker.metrics_url}/metrics", timeout=5).read().decode())
+        assert value(own, "oa_worker_jobs_total", queue="training", outcome="succeeded") >= 1
+        assert value(own, "oa_worker_jobs_running", queue="training") == 0
+        assert urllib.request.urlopen(f"{worker.metrics_url}/-/healthy", timeout=5).status == 200
     scores = {s.labels["instance"]: s.value for s in found["oa_anomaly_score"] if s.labels["rule"] == "requests"}
     assert scores["host-00"] > 1 and scores["host-05"] < 1, scores
     artifact = rules[0]["artifact"]
@@ -206,6 +215,9 @@ async def test_a_stuck_job_times_out_and_is_retried_a_bounded_number_of_times(pr
         with pytest.raises(DispatchError, match="JobTimeout"):
             await asyncio.wait_for(queue.train(TrainingJob(slow_rule(), time.time())), 120)
         assert worker.log().count("training job train:") == 2  # the first attempt and one retry, no more
+        own = samples(urllib.request.urlopen(f"{worker.metrics_url}/metrics", timeout=5).read().decode())
+        assert value(own, "oa_worker_jobs_total", queue="training", outcome="retried") == 1
+        assert value(own, "oa_worker_jobs_total", queue="training", outcome="failed") == 1
     await queue.close()
     page = telemetry.render().decode()
     assert 'oa_jobs_failed_total{queue="training",reason="timeout"} 1.0' in page
@@ -228,3 +240,16 @@ async def test_band_refreshes_run_on_the_inference_queue(prometheus, tmp_path):
     scores = {s.labels["instance"]: s.value for s in found["oa_anomaly_score"] if s.labels["rule"] == "requests"}
     assert scores["host-00"] > 1 and scores["host-05"] < 1, scores
     assert value(found, "oa_jobs_succeeded_total", queue="inference") >= 1
+
+
+def test_a_worker_whose_metrics_address_is_taken_says_so_and_exits(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "OA_CELERY_BROKER": "redis://127.0.0.1:1/0", "OA_ARTIFACT_DIR": str(tmp_path),
+               "OA_WORKER_LISTEN_ADDRESS": f"127.0.0.1:{port}"}
+        done = subprocess.run([sys.executable, "-m", "oa_exporter", "worker", "--queue", "training"], env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "worker not started" in done.stderr and "address already in use" in done.stderr.lower()

@@ -10,15 +10,17 @@ the same artifact, so running it twice is harmless. Timeouts and lost job proces
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from celery import Celery
+from celery.exceptions import Retry
 from celery.result import AsyncResult
 
 from ...core.domain import Bands
@@ -206,8 +208,16 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__}: {value}" if isinstance(value, BaseException) else str(value)
 
 
+class JobObserver(Protocol):
+    """What a worker reports of the jobs it runs (its own /metrics)."""
+
+    def started(self, queue: str) -> None: ...
+
+    def ended(self, queue: str, outcome: str, seconds: float) -> None: ...
+
+
 def register_jobs(app: Celery, options: CeleryOptions, worker: JobWorker,
-                  run: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
+                  run: Callable[[Coroutine[Any, Any, Any]], Any], observer: JobObserver | None = None) -> None:
     """The worker's tasks: each runs the JobWorker coroutine on the worker's event loop via `run`."""
 
     @app.task(name=TRAIN_TASK, bind=True, max_retries=options.retries)
@@ -215,18 +225,39 @@ def register_jobs(app: Celery, options: CeleryOptions, worker: JobWorker,
         job = TrainingJob.from_payload(payload)
         attempt = task.request.retries + 1
         log.info("rule %s: training job %s (attempt %d)", job.rule.name, task.request.id, attempt)
-        try:
-            return run(worker.train(job, attempt)).payload()
-        except (*RETRIED, TsdbError) as e:
-            if isinstance(e, QueryError):  # the TSDB refused the query: another attempt would too
-                raise
-            log.warning("rule %s: training job failed (attempt %d), retrying: %s", job.rule.name, attempt, e)
-            raise task.retry(exc=e, countdown=options.retry_delay) from e
+        with _observed(observer, TRAINING):
+            try:
+                return run(worker.train(job, attempt)).payload()
+            except (*RETRIED, TsdbError) as e:
+                if isinstance(e, QueryError):  # the TSDB refused the query: another attempt would too
+                    raise
+                log.warning("rule %s: training job failed (attempt %d), retrying: %s", job.rule.name, attempt, e)
+                raise task.retry(exc=e, countdown=options.retry_delay) from e
 
     @app.task(name=BANDS_TASK, bind=True, max_retries=options.retries)
     def bands(task: Any, payload: dict[str, Any]) -> dict[str, Any]:
         job = BandsJob.from_payload(payload)
-        return bands_to_payload(run(worker.bands(job)))
+        with _observed(observer, INFERENCE):
+            return bands_to_payload(run(worker.bands(job)))
+
+
+@contextlib.contextmanager
+def _observed(observer: JobObserver | None, queue: str) -> Iterator[None]:
+    """Report one attempt: succeeded, retried (it failed and is queued again) or failed (for good)."""
+    if observer is None:
+        yield
+        return
+    started = time.perf_counter()
+    observer.started(queue)
+    try:
+        yield
+    except Retry:
+        observer.ended(queue, "retried", time.perf_counter() - started)
+        raise
+    except BaseException:  # retries used up (task.retry raises the error itself), or not worth retrying
+        observer.ended(queue, "failed", time.perf_counter() - started)
+        raise
+    observer.ended(queue, "succeeded", time.perf_counter() - started)
 
 
 def start_worker(app: Celery, queue: str, concurrency: int, log_level: str = "INFO") -> None:
