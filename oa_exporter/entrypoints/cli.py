@@ -111,7 +111,11 @@ def _run(args: argparse.Namespace) -> int:
     _install_uvloop()
     from .daemon import serve
 
-    return asyncio.run(serve(settings))
+    try:
+        return asyncio.run(serve(settings))
+    except ValueError as e:  # settings that cannot work together, found while wiring
+        log.error("not started: %s", e)
+        return 2
 
 
 def _worker(args: argparse.Namespace) -> int:

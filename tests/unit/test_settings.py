@@ -106,3 +106,16 @@ def test_the_preset_flag_and_a_flag_over_it(monkeypatch):
     args = _parser().parse_args(["run", "--preset", "enterprise", "--dispatcher", "local"])
     settings = _settings(args)
     assert (settings.preset, settings.dispatcher, settings.artifact_store) == ("enterprise", "local", "s3")
+
+
+def test_run_refuses_settings_that_cannot_work_with_a_clear_message(tmp_path, monkeypatch, capsys):
+    from oa_exporter.entrypoints.cli import main
+
+    for name in ("OA_PRESET", "OA_CELERY_BROKER", "OA_DISPATCHER", "OA_S3_BUCKET", "OA_ARTIFACT_STORE"):
+        monkeypatch.delenv(name, raising=False)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("groups: []\n")
+    assert main(["run", "--rules", str(rules), "--dispatcher", "celery"]) == 2
+    assert "not started: --dispatcher=celery needs a broker" in capsys.readouterr().err
+    assert main(["run", "--rules", str(rules), "--preset", "enterprise"]) == 2
+    assert "not started: --artifact.store=s3 needs a bucket" in capsys.readouterr().err
