@@ -34,7 +34,7 @@ from bench._common import METRIC, fit_job, free_port, start_source  # noqa: E402
 from oa_exporter.bootstrap import bootstrap  # noqa: E402
 from oa_exporter.core.domain import Model  # noqa: E402
 from oa_exporter.core.services.inferencer import Forecasts  # noqa: E402
-from oa_exporter.entrypoints.daemon import _start_web  # noqa: E402
+from oa_exporter.entrypoints.daemon import _start_web, share_the_gil_finely  # noqa: E402
 from oa_exporter.settings import Settings  # noqa: E402
 
 STEP = 300.0
@@ -182,6 +182,8 @@ def main() -> None:
     parser.add_argument("--scrape-seconds", type=float, default=10.0)
     args = parser.parse_args()
     import uvloop  # the daemon's event loop
+
+    share_the_gil_finely()  # as `oa-exporter run` does
 
     result = uvloop.run(run(args.series, args.repeat, args.scrape_seconds))
     print(json.dumps(result))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 from aiohttp import web
 
@@ -21,8 +22,20 @@ def listen_address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+# Scoring and rendering run on worker threads and hold the GIL in slices; the event loop, serving /metrics,
+# waits up to one switch interval for it each time. 1 ms instead of Python's 5 ms cut the 100k-series scrape
+# p99 during back-to-back cycles from 328 to 202 ms in bench/cycle.py, at no measurable cost to the cycles.
+SWITCH_INTERVAL = 0.001
+
+
+def share_the_gil_finely() -> None:
+    """Let the event loop take the GIL back from busy threads sooner (process-wide)."""
+    sys.setswitchinterval(SWITCH_INTERVAL)
+
+
 async def serve(settings: Settings, app: App | None = None, stop: asyncio.Event | None = None) -> int:
     """Run until SIGTERM/SIGINT (or `stop` is set); return the process exit code."""
+    share_the_gil_finely()
     app = app or bootstrap(settings)
     stop = stop or asyncio.Event()
     if not await app.load_rules():
