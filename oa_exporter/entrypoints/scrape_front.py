@@ -131,9 +131,13 @@ class ScrapeFront:
                 connection, _ = listener.accept()
             except OSError:
                 return  # closed
-            if self._slots.acquire(blocking=False):
+            if not self._slots.acquire(blocking=False):
+                self._give_away(connection)
+                continue
+            try:
                 threading.Thread(target=self._serve, args=(connection,), name="scrape", daemon=True).start()
-            else:
+            except RuntimeError:  # no thread to be had: the event loop still can answer
+                self._slots.release()
                 self._give_away(connection)
 
     def _serve(self, connection: socket.socket) -> None:
