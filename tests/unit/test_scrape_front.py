@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import http.client
+import os
 import socket
+import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -157,3 +159,13 @@ def test_scrape_requests_are_recognised(request_bytes, expected):
 ])
 def test_everything_else_is_left_to_aiohttp(request_bytes):
     assert parse_scrape(request_bytes) is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+async def test_background_work_runs_nicer_than_the_scrape_threads():
+    daemon.run_background_work_nicer(asyncio.get_running_loop())
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    assert await asyncio.to_thread(niceness) == min(19, niceness() + daemon.BACKGROUND_NICENESS)
