@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import formatdate
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ def _has_body(headers: dict[str, str]) -> bool:
 
 
 def response_head(scrape: Scrape, length: int, content_type: str) -> bytes:
-    lines = ["HTTP/1.1 200 OK", f"Content-Type: {content_type}", f"Content-Length: {length}", "Vary: Accept-Encoding"]
+    lines = ["HTTP/1.1 200 OK", f"Date: {formatdate(usegmt=True)}", f"Content-Type: {content_type}",
+             f"Content-Length: {length}", "Vary: Accept-Encoding"]
     if scrape.gzip:
         lines.append("Content-Encoding: gzip")
     if not scrape.keep_alive:

@@ -76,7 +76,7 @@ async def test_a_scrape_gets_the_rendered_page_gzipped_or_plain(server):
     assert PAGE_TEXT in plain and "Content-Encoding" not in plain_headers
     assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
     assert head_body == b"" and int(head_headers["Content-Length"]) == len(body)
-    assert "Server" not in headers  # answered by the front's thread, not aiohttp
+    assert "Server" not in headers and "GMT" in headers["Date"]  # answered by the front's thread, not aiohttp
 
 
 async def test_other_requests_on_a_scrape_connection_reach_the_api(server):
