@@ -600,6 +600,11 @@ async def wired(tmp_path: Path, mode: str, urls: tuple[str, ...]) -> App:
     return app
 
 
+def queued_now(app, url: str) -> float:
+    app.page.flush()
+    return page_value(app.page.page(), "oa_remote_write_queue_samples", url=url)
+
+
 @pytest.mark.parametrize("mode", ["both", "remote-write"])
 async def test_remote_write_modes_send_the_results_at_the_scoring_time(tmp_path, receiver, mode):
     app = await wired(tmp_path, mode, (receiver.url,))
@@ -607,6 +612,7 @@ async def test_remote_write_modes_send_the_results_at_the_scoring_time(tmp_path,
         await eventually(lambda: len(receiver.accepted) == 3)
         assert {dict(labels)["instance"] for labels, _, _ in receiver.accepted} == {"host-00", "host-01", "host-02"}
         assert {(dict(lb)["__name__"], stamp) for lb, _, stamp in receiver.accepted} == {("oa_y", END * 1000)}
+        await eventually(lambda: queued_now(app, receiver.url) == 0)  # acknowledged and off the disk queue
         await app.runner.cycle(app.rules.groups[0], END + 60)  # maybe with forecasts: the first fit may be done
         await eventually(lambda: sum(s == (END + 60) * 1000 and dict(lb)["__name__"] == "oa_y"
                                      for lb, _, s in receiver.accepted) == 3)
