@@ -58,6 +58,7 @@ class Rule:
     labels: Mapping[str, str] = field(default_factory=dict)
     file: str = ""
     line: int = 0
+    repeat_window: float = 0.0  # seconds within which a repeat excursion does not page (scoring.Repeats); 0: off
 
     def fingerprint(self) -> str:
         """Hash of the fields that change the fitted model; equal fingerprints mean reusable models."""

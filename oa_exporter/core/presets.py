@@ -24,6 +24,7 @@ class Preset:
     horizon: float
     level: float
     min_history: float
+    repeat_window: float = 0.0
 
 
 PRESETS: dict[str, Preset] = {
@@ -34,7 +35,8 @@ PRESETS: dict[str, Preset] = {
     # would meet them. The 99.99 % band extrapolates the tails beyond 99 % and is capped at the window's
     # own range widened by 5 % (`range_margin`): a sample pages when it is beyond the extrapolated tail or
     # further off than anything of the last 8 weeks. No score before 3 days of history: a range seen over
-    # a day or two is too narrow to page on.
+    # a day or two is too narrow to page on. An excursion no larger than one on the same side within the
+    # last 6 hours does not page again (`repeat_window`, see scoring.py): bursts of spikes page once.
     "default": Preset(
         model=ModelSpec("statsforecast", "SeasonalProfile", {
             "seasons": ["1d", "1w"], "buckets": 96, "level_window": "3h", "scale_buckets": 1, "tail": 99,
@@ -45,5 +47,6 @@ PRESETS: dict[str, Preset] = {
         horizon=parse_duration("1h"),
         level=99.99,
         min_history=parse_duration("3d"),
+        repeat_window=parse_duration("6h"),
     ),
 }

@@ -19,7 +19,7 @@ from .presets import PRESETS, Preset
 GROUP_KEYS = {"name", "interval", "rules"}
 RULE_KEYS = {
     "anomaly", "expr", "step", "model", "train", "forecast", "direction",
-    "min_history", "max_series", "labels", "annotations", "preset",
+    "min_history", "max_series", "labels", "annotations", "preset", "repeat_window",
 }
 MODEL_KEYS = {"engine", "name", "params"}
 TRAIN_KEYS = {"window", "every"}
@@ -131,6 +131,7 @@ def _rule(node: Any, group: str, interval: float | None, ctx: _Context) -> Rule 
     horizon = _duration(forecast, "horizon", preset.horizon if preset else 3600.0, ctx)
     level = _level(forecast, ctx, preset.level if preset else 99.0)
     min_history = _duration(node, "min_history", preset.min_history if preset else 86400.0, ctx)
+    repeat_window = _repeat_window(node, preset.repeat_window if preset else 0.0, ctx)
     direction = _direction(node, ctx)
     max_series = _positive_int(node, "max_series", 10000, ctx)
     labels = _labels(node, "labels", ctx)
@@ -149,7 +150,7 @@ def _rule(node: Any, group: str, interval: float | None, ctx: _Context) -> Rule 
     return Rule(
         name=name, group=group, expr=expr, step=step, model=model, train_window=window, train_every=every,
         horizon=horizon, level=level, direction=direction, min_history=min_history, max_series=max_series,
-        labels=labels, file=ctx.file, line=_line(node),
+        labels=labels, file=ctx.file, line=_line(node), repeat_window=repeat_window or 0.0,
     )
 
 
@@ -219,6 +220,13 @@ def _duration(node: Mapping, key: str, default: float, ctx: _Context) -> float |
     except ValueError as e:
         ctx.report(f"{key}: {e}", node, key)
         return None
+
+
+def _repeat_window(node: Mapping, default: float, ctx: _Context) -> float | None:
+    """A duration, or 0 / "off" for none."""
+    if node.get("repeat_window") in (0, "0", "off"):
+        return 0.0
+    return _duration(node, "repeat_window", default, ctx)
 
 
 def _level(node: Mapping, ctx: _Context, default: float = 99.0) -> float | None:

@@ -7,13 +7,23 @@
 A band side of zero width (a constant series) is floored at MIN_WIDTH_RELATIVE * max(|yhat|, 1), so the
 score stays finite: 0 when y equals the forecast, very large when it does not.
 A series without a forecast (not ready) or without a sample scores NaN, and NaN is never exported.
+
+With a rule's `repeat_window` (the default preset: 6h), a repeat does not page again (Repeats):
+
+    s' = s / max(1, p)
+
+p being the largest score the series had on the same side of its forecast within the window before the
+excursion in progress began (an excursion: consecutive samples scoring above 1 on one side; outside one,
+before this sample). A spike no larger than one of the last hours on its side scores <= 1, a larger one still pages,
+and a lasting shift keeps the divisor it started with: it pages throughout when it is larger than what
+its side saw in the window before it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .domain import Direction
+from .domain import Direction, SeriesKey
 
 MIN_WIDTH_RELATIVE = 1e-9
 
@@ -36,3 +46,52 @@ def anomaly_score(
     elif direction is Direction.BELOW:
         score = np.where(~above | np.isnan(score), score, 0.0)
     return score
+
+
+class Repeats:
+    """Per series, what the repeat rule remembers between cycles (see module docstring), in arrays by row."""
+
+    def __init__(self) -> None:
+        self.rows_of: dict[SeriesKey, int] = {}
+        self._keys: list[SeriesKey] = []
+        self._rows = np.empty(0, np.int64)
+        self.peak = np.zeros((2, 0))  # largest score above / below the forecast ...
+        self.since = np.zeros((2, 0))  # ... and when it was reached
+        self.divisor = np.ones(0)  # of the excursion in progress
+        self.paging = np.zeros(0, np.int8)  # 1 + the side of the last sample when it scored above 1, else 0
+
+    def damp(self, keys: list[SeriesKey], timestamp: float, score: np.ndarray, below: np.ndarray,
+             window: float) -> np.ndarray:
+        """The scores of one cycle with repeats within `window` seconds divided down."""
+        rows, side = self.rows(keys), below.astype(np.int64)
+        recent = np.where(timestamp - self.since[side, rows] < window, self.peak[side, rows], 0.0)
+        paging = np.where(score > 1.0, side + 1, 0)  # NaN: no
+        onset = (paging == 0) | (paging != self.paging[rows])
+        self.divisor[rows] = np.where(onset, np.maximum(recent, 1.0), self.divisor[rows])
+        self.paging[rows] = paging
+        higher = score >= recent
+        self.peak[side[higher], rows[higher]] = score[higher]
+        self.since[side[higher], rows[higher]] = timestamp
+        return score / self.divisor[rows]
+
+    def rows(self, keys: list[SeriesKey]) -> np.ndarray:
+        """The state row of each key; rows are added for new series (and the state of gone ones dropped)."""
+        if keys == self._keys:
+            return self._rows
+        if len(self.rows_of) > 2 * len(keys) + 1000:  # series come and go: keep only the present ones
+            self._keep(keys)
+        for key in keys:
+            self.rows_of.setdefault(key, len(self.rows_of))
+        grown = len(self.rows_of) - len(self.divisor)
+        self.peak, self.since = (np.pad(a, ((0, 0), (0, grown))) for a in (self.peak, self.since))
+        self.divisor = np.pad(self.divisor, (0, grown), constant_values=1.0)
+        self.paging = np.pad(self.paging, (0, grown))
+        self._keys, self._rows = keys, np.fromiter((self.rows_of[k] for k in keys), np.int64, len(keys))
+        return self._rows
+
+    def _keep(self, keys: list[SeriesKey]) -> None:
+        present = [k for k in keys if k in self.rows_of]
+        kept = np.fromiter((self.rows_of[k] for k in present), np.int64, len(present))
+        self.rows_of = dict(zip(present, range(len(present)), strict=True))
+        self.peak, self.since = self.peak[:, kept], self.since[:, kept]
+        self.divisor, self.paging = self.divisor[kept], self.paging[kept]

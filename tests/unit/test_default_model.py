@@ -24,7 +24,7 @@ TRAINED = 28  # days of history before the scored days: the preset's train.windo
 PRESET = PRESETS["default"]
 RULE = Rule(name="requests", group="g", expr="requests", step=STEP, model=PRESET.model,
             train_window=PRESET.train_window, train_every=PRESET.train_every, horizon=PRESET.horizon,
-            level=PRESET.level, min_history=PRESET.min_history)
+            level=PRESET.level, min_history=PRESET.min_history, repeat_window=PRESET.repeat_window)
 # |coverage - level| allowed on held-out data: the engine contract suite's (tests/unit/test_engine_contract.py),
 # 0.08 for any engine, 0.2 for SeasonalProfile at 90 %, whose narrower bands under-cover (measured here: ~0.81)
 CONTRACT_TOLERANCE, SEASONAL_PROFILE_AT_90 = 0.08, 0.2
@@ -134,3 +134,18 @@ def test_fitting_in_row_blocks_gives_the_model_one_pass_gives(monkeypatch, param
         for a, b in zip(whole.predict(future, level), blocks.predict(future, level), strict=True):
             np.testing.assert_array_equal(a, b)
     assert whole.ok.tolist().count(False) == 1 and not whole.ok[8]
+
+
+def test_a_burst_of_spikes_pages_once_unless_a_spike_outgrows_it():
+    times, values, noise = metrics(4, TRAINED + 2, seed=11)
+    first = int(TRAINED * DAY / STEP)
+    burst = np.array([100, 103, 107])  # within half an hour: the first is the largest
+    values[:, first + burst] += np.array([12.0, 8.0, 9.0]) * noise[:, None]
+    values[:, first + 112] += 24 * noise  # twice the first
+    values[:, first + 250] += 12 * noise  # 11.5 hours after the largest: beyond the 6-hour repeat window
+
+    result = replay(times, values)
+    raw = np.abs(result.y - result.yhat) / (result.upper - result.yhat)
+    assert (raw[:, burst] > 1).all()  # every spike of the burst is beyond the band ...
+    assert (result.score[:, burst[0]] > 1).all() and (result.score[:, burst[1:]] <= 1).all()  # ... and pages once
+    assert (result.score[:, [112, 250]] > 1).all()

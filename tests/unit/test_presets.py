@@ -30,6 +30,7 @@ def test_a_rule_naming_the_default_preset_takes_its_model_training_and_band(tmp_
     assert rule.model == preset.model
     assert (rule.train_window, rule.train_every, rule.horizon, rule.level, rule.min_history) == (
         preset.train_window, preset.train_every, preset.horizon, preset.level, preset.min_history)
+    assert rule.repeat_window == preset.repeat_window == 6 * 3600
 
 
 def test_keys_the_rule_sets_win_over_the_preset(tmp_path):
@@ -58,6 +59,29 @@ def test_a_rule_without_a_preset_keeps_the_plain_defaults(tmp_path):
               - {anomaly: cpu, expr: node_cpu}
     """).rules
     assert (rule.train_window, rule.train_every, rule.level, rule.model.params) == (14 * DAY, DAY, 99.0, {})
+    assert rule.repeat_window == 0  # every excursion pages
+
+
+@pytest.mark.parametrize("setting, seconds", [("off", 0.0), ("0", 0.0), ("2h", 7200.0)])
+def test_a_rule_sets_or_turns_off_the_presets_repeat_window(tmp_path, setting, seconds):
+    [with_preset, without] = load(tmp_path, f"""
+        groups:
+          - name: g
+            rules:
+              - {{anomaly: cpu, expr: node_cpu, preset: default, repeat_window: {setting}}}
+              - {{anomaly: mem, expr: node_mem, repeat_window: {setting}}}
+    """).rules
+    assert with_preset.repeat_window == without.repeat_window == seconds
+
+
+def test_a_bad_repeat_window_is_reported(tmp_path):
+    with pytest.raises(RuleError, match="repeat_window"):
+        load(tmp_path, """
+            groups:
+              - name: g
+                rules:
+                  - {anomaly: cpu, expr: node_cpu, repeat_window: soon}
+        """)
 
 
 def test_an_unknown_preset_is_reported_with_file_line_and_rule(tmp_path):

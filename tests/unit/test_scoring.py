@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from oa_exporter.core.domain import Direction
-from oa_exporter.core.scoring import anomaly_score
+from oa_exporter.core.scoring import Repeats, anomaly_score
 
 
 def score(y: float, yhat: float = 10.0, lower: float = 6.0, upper: float = 12.0,
@@ -69,3 +69,27 @@ def test_scores_a_whole_rule_at_once():
     y = np.array([10.0, 12.0, 15.0, 8.0, np.nan])
     result = anomaly_score(y, np.full(5, 10.0), np.full(5, 6.0), np.full(5, 12.0))
     np.testing.assert_allclose(result, [0.0, 1.0, 2.5, 0.5, np.nan])
+
+
+def test_a_repeat_within_the_window_is_divided_by_the_largest_score_before_it_on_its_side():
+    repeats, hour = Repeats(), 3600.0
+    keys = [b"a", b"b"]
+
+    def cycle(at: float, score: list[float], below: list[bool]) -> list[float]:
+        damped = repeats.damp(keys, at * hour, np.array(score), np.array(below), window=6 * hour)
+        return damped.round(3).tolist()
+
+    assert cycle(0, [3.0, 0.5], [False, False]) == [3.0, 0.5]  # nothing before: as scored
+    assert cycle(1, [0.6, 0.5], [False, False]) == [0.2, 0.5]  # a's spike of 3 divides what follows on its side
+    assert cycle(2, [2.4, 2.0], [False, True]) == [0.8, 2.0]  # a smaller repeat does not page; b's first does
+    assert cycle(3, [4.5, 1.5], [False, True]) == [1.5, 1.5]  # a larger one does; b's excursion goes on
+    assert cycle(4, [4.0, math.nan], [False, False])[0] == 1.333  # the excursion keeps the divisor it began with
+    assert cycle(9.5, [2.0, 1.5], [True, True]) == [2.0, 1.5]  # a below its forecast: another side; b: 6 h on
+    assert cycle(10, [0.5, 0.1], [False, False]) == [0.5, 0.1]  # a's 4.5 of hour 3 is forgotten
+
+
+def test_repeats_follow_series_that_come_and_go():
+    repeats, hour = Repeats(), 3600.0
+    repeats.damp([b"a", b"b"], 0.0, np.array([3.0, 5.0]), np.array([False, False]), 6 * hour)
+    damped = repeats.damp([b"c", b"b"], hour, np.array([2.0, 0.5]), np.array([False, False]), 6 * hour)
+    assert damped.tolist() == [2.0, 0.1]  # c is new; b remembers its 5

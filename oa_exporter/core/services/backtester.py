@@ -107,7 +107,7 @@ class Backtester:
         for cycle, now in enumerate(samples.times.tolist()):
             await self._refresh(slot, now)
             rows, vector = samples.at(cycle)
-            scores = self.inferencer.score(rule, vector, slot.forecasts)
+            scores = self.inferencer.score(rule, vector, slot.forecasts, slot.repeats)
             for target, source in ((yhat, scores.yhat), (lower, scores.lower), (upper, scores.upper),
                                    (score, scores.score)):
                 target[rows, cycle] = source

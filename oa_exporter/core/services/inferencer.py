@@ -15,7 +15,7 @@ from ..domain import Bands, InstantVector, Model, Rule, RuleScores, SeriesKey, S
 from ..errors import CardinalityError, OAError
 from ..jobs import BandsJob
 from ..ports import JobQueue, ModelEngine, Telemetry, TsdbClient
-from ..scoring import anomaly_score
+from ..scoring import Repeats, anomaly_score
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,10 @@ class Inferencer:
             raise CardinalityError(f"expr returns {len(vector.keys)} series, above max_series {rule.max_series}")
         return vector
 
-    def score(self, rule: Rule, vector: InstantVector, forecasts: Forecasts | None) -> RuleScores:
-        """Score every sample: series without a model (not ready) or failed get NaN forecasts."""
+    def score(self, rule: Rule, vector: InstantVector, forecasts: Forecasts | None,
+              repeats: Repeats | None = None) -> RuleScores:
+        """Score every sample: series without a model (not ready) or failed get NaN forecasts; with `repeats`
+        (the rule's state between cycles) and a `repeat_window`, repeats are divided down."""
         n = len(vector.keys)
         yhat, lower, upper = (np.full(n, np.nan) for _ in range(3))
         states = {SeriesState.READY.value: 0, SeriesState.FAILED.value: 0, SeriesState.NOT_READY.value: n}
@@ -108,6 +110,8 @@ class Inferencer:
                 failed = int(np.count_nonzero(known)) - ready
                 states = {"ready": ready, "failed": failed, "not-ready": n - ready - failed}
         score = anomaly_score(vector.values, yhat, lower, upper, rule.direction)
+        if repeats is not None and rule.repeat_window > 0:
+            score = repeats.damp(vector.keys, vector.timestamp, score, vector.values < yhat, rule.repeat_window)
         self.telemetry.series_states(rule.name, states)
         inside = int(np.count_nonzero((vector.values >= lower) & (vector.values <= upper)))  # NaN: never inside
         self.telemetry.band_coverage(rule.name, inside, int(np.count_nonzero(~np.isnan(score))), vector.timestamp)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ..domain import InstantVector, Model, Rule, RuleGroup, RuleScores, RuleSet, RuleStatus, SeriesState
 from ..errors import OAError
 from ..ports import ResultSink, Telemetry
+from ..scoring import Repeats
 from .inferencer import Forecasts, Inferencer
 from .trainer import Trainer
 
@@ -36,6 +37,7 @@ class RuleSlot:
     series: dict[str, int] = field(default_factory=dict)  # series per SeriesState in the last cycle
     fit_error: str = ""  # why the last fit failed ("" when it worked)
     cycle_error: str = ""  # why the last scoring cycle failed
+    repeats: Repeats = field(default_factory=Repeats)  # per series, what the repeat rule remembers
 
     def next_fit(self, interval: float) -> float:
         """When a (re)fit is due: at train.every, retried with backoff while fits fail, sooner (at most hourly)
@@ -145,7 +147,7 @@ class Runner:
             self.sink.forget(rule.name)
             return
         # scoring and rendering hold the CPU for a while at 100k series: off the loop, scrapes stay fast
-        scores = await asyncio.to_thread(self._score_and_publish, rule, vector, slot.forecasts)
+        scores = await asyncio.to_thread(self._score_and_publish, slot, vector)
         slot.unmodelled = int(scores.ready.size - scores.ready.sum())
         slot.series, slot.cycle_error = dict(scores.states), ""
         self.telemetry.rule_health(rule.name, slot.failures == 0)
@@ -153,8 +155,8 @@ class Runner:
             slot.last_update = now
             slot.fit_task = asyncio.create_task(self._update(slot, now), name=f"update:{rule.name}")
 
-    def _score_and_publish(self, rule: Rule, vector: InstantVector, forecasts: Forecasts | None) -> RuleScores:
-        scores = self.inferencer.score(rule, vector, forecasts)
+    def _score_and_publish(self, slot: RuleSlot, vector: InstantVector) -> RuleScores:
+        scores = self.inferencer.score(slot.rule, vector, slot.forecasts, slot.repeats)
         self.sink.publish(scores)
         return scores
 
