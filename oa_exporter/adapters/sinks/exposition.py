@@ -31,7 +31,7 @@ FAMILIES = (
     ("oa_anomaly_score", "score", "Anomaly score: 0 at the forecast, 1 on the band's edge, above 1 outside."),
 )
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-SLICE = 8192
+SLICE = 2048  # series per C-level join: ~2 ms of GIL each at 100k-series label sizes
 
 
 def output_labels(rule: Rule, series: Mapping[str, str]) -> dict[str, str]:

@@ -213,14 +213,37 @@ def _fast_vector(body: bytes, at: float) -> InstantVector | None:
     head = body[:200]
     if b'"status":"success"' not in head or b'"resultType":"vector"' not in head:
         return None
-    pieces = body.split(METRIC)[1:]  # '{"metric":' cannot occur inside a JSON string: quotes are escaped
-    parts = [piece.partition(b',"value":[') for piece in pieces]
-    if not parts or any(not p[1] for p in parts):
+    pieces = _split(body, METRIC)[1:]  # '{"metric":' cannot occur inside a JSON string: quotes are escaped
+    cuts = [piece.find(VALUE) for piece in pieces]  # ints and bytes only: no 100k tuples for the GC to chase
+    if not cuts or -1 in cuts:
         return None
     # escapes differ between servers (Go writes \u003c for <); such keys take the canonical form
-    keys = [p[0] if b"\\" not in p[0] else series_key(orjson.loads(p[0])) for p in parts]
-    values = np.array([p[2].split(b'"', 2)[1] for p in parts]).astype(np.float64)
+    keys = [piece[:cut] if b"\\" not in piece[:cut] else series_key(orjson.loads(piece[:cut]))
+            for piece, cut in zip(pieces, cuts, strict=True)]
+    texts = [piece[cut + len(VALUE) :].split(b'"', 2)[1] for piece, cut in zip(pieces, cuts, strict=True)]
+    values = np.concatenate([np.array(texts[i : i + SLICE]).astype(np.float64) for i in range(0, len(texts), SLICE)])
     return InstantVector(keys, _LabelsOfKeys(keys), values, at)
+
+
+# This parse runs on a thread beside the threads answering scrapes, and a C call holds the GIL until it
+# returns: splitting a 19 MB body in one call held it ~50 ms, converting 100k numbers in one call ~55 ms.
+# Both go a block at a time.
+SLICE = 4096
+BLOCK = 1 << 20
+VALUE = b',"value":['
+
+
+def _split(body: bytes, separator: bytes) -> list[bytes]:
+    """`body.split(separator)`, a block of about BLOCK bytes at a time."""
+    pieces: list[bytes] = []
+    start = 0
+    while start < len(body) or not pieces:
+        cut = body.find(separator, start + BLOCK)
+        end = len(body) if cut < 0 else cut
+        block = body[start:end].split(separator)
+        pieces.extend(block if start == 0 else block[1:])  # later blocks start with the separator
+        start = end
+    return pieces
 
 
 def _parsed_vector(body: bytes, at: float) -> InstantVector:
