@@ -107,7 +107,7 @@ async def _start_web(app: App, address: str) -> WebServer:
     routes = make_app(app.page, lambda: app.rules is not None, app.load_rules, app.rules_status)
     runner = web.AppRunner(routes, access_log=None)
     await runner.setup()
-    front = ScrapeFront(lambda gzipped: app.page.page(gzipped), CONTENT_TYPE, _hand_over_to(runner))
+    front = ScrapeFront(app.page.page, CONTENT_TYPE, _hand_over_to(runner))
     try:
         front.start(host, port)
     except OSError:
