@@ -14,6 +14,7 @@ import pytest
 from oa_exporter.adapters.tsdb.csv_files import read_csv
 from oa_exporter.bootstrap import backtester
 from oa_exporter.core.domain import ModelSpec, Rule, SeriesMatrix
+from oa_exporter.core.errors import EngineError
 from oa_exporter.core.services.backtester import Replay, Samples
 from oa_exporter.entrypoints.cli import main
 from tests.unit.harness import write_rules
@@ -81,6 +82,30 @@ def test_refits_follow_the_rules_schedule():
     assert daily.fits == 25 + 2
     assert hourly.fits == 4 * 24
     assert not daily.fit_errors and not hourly.fit_errors
+
+
+def test_a_band_refresh_that_fails_leaves_its_cycles_unscored_and_the_replay_goes_on():
+    times, values, _ = generated(days=3, series=2)
+    keys = [json.dumps({"instance": str(i)}).encode() for i in range(len(values))]
+    labels = [{"instance": str(i)} for i in range(len(values))]
+    tool = backtester(SeriesMatrix(keys, labels, float(times[0]), STEP, values))
+    refresh, failed = tool.inferencer.bands, []
+
+    async def flaky(rule, model, now):
+        if now >= START + 2 * DAY + 1800 and not failed:  # one refresh, once the series score
+            failed.append(now)
+            raise EngineError("forecast refused")
+        return await refresh(rule, model, now)
+
+    tool.inferencer.bands = flaky
+    result = asyncio.run(tool.replay(RULE, Samples(keys, labels, times, values)))
+    clean = replay(times, values)
+    assert len([e for e in result.fit_errors if "forecast refused" in e]) == 1
+    lost = np.flatnonzero(np.isnan(result.score).all(axis=0) & ~np.isnan(clean.score).all(axis=0))
+    assert len(lost) == 1  # that cycle only: the next one refreshes the bands and scores again
+    kept = np.ones(len(times), bool)
+    kept[lost] = False
+    np.testing.assert_array_equal(result.score[:, kept], clean.score[:, kept])
 
 
 def test_csv_files_replay_at_their_own_timestamps(tmp_path: Path):

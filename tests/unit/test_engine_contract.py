@@ -189,6 +189,40 @@ def test_a_failing_library_fit_falls_back_to_seasonal_profile_for_every_series(f
     np.testing.assert_allclose(bands.yhat, expected[0])
 
 
+def test_a_forecast_the_library_refuses_falls_back_to_seasonal_profile_for_its_series():
+    """Darts' conformal model cannot calibrate a day ahead on a series of the minimum length it fits on: the
+    rule's bands come from SeasonalProfile this time instead of failing (found replaying NAB, horizon 1d)."""
+    family = FAMILIES[4]
+    engine = _engine(family)
+    shortest = _batch_min_points(family)
+    values = synthetic(3, shortest + 10, seed=8)
+    model = fit(engine, history(values), family.spec)
+    assert model.fitted.ok.all() and not model.fitted.errors
+    with pytest.raises(ValueError, match="calibration"):  # what the library says when asked directly
+        _darts_forecast(model, 289)
+    bands = forecast(engine, model, steps=289)
+    expected = seasonal.fit(values, 0.0, STEP, {}).predict(bands.start + STEP * np.arange(289), LEVEL)
+    for got, want in zip((bands.yhat, bands.lower, bands.upper), expected, strict=True):
+        np.testing.assert_allclose(got, want)
+    near = forecast(engine, model)  # a horizon it can calibrate still gets the library's bands
+    assert not np.allclose(near.yhat, seasonal.fit(values, 0.0, STEP, {}).predict(
+        near.start + STEP * np.arange(H), LEVEL)[0])
+
+
+def _batch_min_points(family: Family) -> int:
+    from oa_exporter.adapters.engines import darts as adapter
+
+    cfg = {**adapter._settings(family.spec), "step": STEP}
+    return adapter._min_points(adapter._build(cfg), cfg)
+
+
+def _darts_forecast(model: Model, h: int):
+    from oa_exporter.adapters.engines import _batch
+    from oa_exporter.adapters.engines import darts as adapter
+
+    return adapter._forecast(_batch.payload_of(model.fitted), h, LEVEL)
+
+
 @pytest.mark.parametrize("family", GLOBAL, ids=[f.id for f in GLOBAL])
 def test_a_global_model_forecasts_series_that_appeared_after_training_without_a_refit(family):
     engine = _engine(family)

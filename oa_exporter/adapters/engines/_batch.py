@@ -24,7 +24,6 @@ from ... import __version__
 from ...core import seasonal
 from ...core.domain import Bands, Fitted, SeriesMatrix
 from ...core.durations import parse_duration
-from ...core.errors import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +222,10 @@ def predict(fitted: Fitted, start: float, step: float, steps: int, level: float,
     """SeasonalProfile's bands for every series, the library's over the series it covers.
 
     The library forecasts h = offset + steps points from the end of its history and the last `steps` are kept,
-    so bands may start any number of steps after the fit. Bands are ordered: lower <= yhat <= upper.
+    so bands may start any number of steps after the fit. Bands are ordered: lower <= yhat <= upper. When the
+    library refuses to forecast (a conformal model whose shortest series cannot be calibrated that far ahead,
+    say), its series get SeasonalProfile's bands this time, as a series it could not fit does: the rule keeps
+    scoring.
     """
     payload = payload_of(fitted)
     yhat, lower, upper = payload.fallback.predict(start + step * np.arange(steps), level)
@@ -231,9 +233,11 @@ def predict(fitted: Fitted, start: float, step: float, steps: int, level: float,
         offset = max(int(round((start - payload.end) / step)) - 1, 0)
         try:
             mean, lo, hi = forecast(payload, offset + steps, level)
-        except Exception as e:  # the library refused to forecast: the rule's bands are unusable this time
-            raise EngineError(f"forecast failed: {type(e).__name__}: {e}") from e
-        yhat[payload.rows], lower[payload.rows], upper[payload.rows] = (a[:, offset:] for a in (mean, lo, hi))
+        except Exception as e:  # any library failure: these bands fall back, the next refresh tries again
+            log.warning("library forecast of %d steps failed, %d series use SeasonalProfile's bands: %s: %s",
+                        offset + steps, payload.rows.size, type(e).__name__, e)
+        else:
+            yhat[payload.rows], lower[payload.rows], upper[payload.rows] = (a[:, offset:] for a in (mean, lo, hi))
     return Bands(start, step, yhat, np.minimum(lower, yhat), np.maximum(upper, yhat))
 
 

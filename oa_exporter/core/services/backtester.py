@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..domain import InstantVector, Rule, SeriesKey
+from ..errors import OAError
 from .inferencer import Forecasts, Inferencer
 from .runner import RuleSlot
 from .trainer import Trainer
@@ -64,7 +65,7 @@ class Replay:
     upper: np.ndarray
     score: np.ndarray
     fits: int = 0
-    fit_errors: list[str] = field(default_factory=list)
+    fit_errors: list[str] = field(default_factory=list)  # failed fits and failed band refreshes
 
     def summary(self) -> list[SeriesSummary]:
         """Per series: points, points scored, anomalies (score > 1) and the band's empirical coverage."""
@@ -102,16 +103,16 @@ class Backtester:
         (the rule's step by default)."""
         shape = samples.values.shape
         yhat, lower, upper, score = (np.full(shape, np.nan) for _ in range(4))
-        slot, fits, errors = RuleSlot(rule), 0, []
+        slot, fits, errors = RuleSlot(rule), 0, list[str]()
         cadence = interval or rule.step
         for cycle, now in enumerate(samples.times.tolist()):
-            await self._refresh(slot, now)
-            rows, vector = samples.at(cycle)
-            scores = self.inferencer.score(rule, vector, slot.forecasts, slot.repeats)
-            for target, source in ((yhat, scores.yhat), (lower, scores.lower), (upper, scores.upper),
-                                   (score, scores.score)):
-                target[rows, cycle] = source
-            slot.unmodelled = int(scores.ready.size - np.count_nonzero(scores.ready))
+            if await self._refresh(slot, now, errors):
+                rows, vector = samples.at(cycle)
+                scores = self.inferencer.score(rule, vector, slot.forecasts, slot.repeats)
+                for target, source in ((yhat, scores.yhat), (lower, scores.lower), (upper, scores.upper),
+                                       (score, scores.score)):
+                    target[rows, cycle] = source
+                slot.unmodelled = int(scores.ready.size - np.count_nonzero(scores.ready))
             if slot.fit_due(now, cadence):
                 error = await self._fit(slot, now)
                 fits += error is None
@@ -120,11 +121,19 @@ class Backtester:
         return Replay(rule, samples.keys, samples.labels, samples.times, samples.values, yhat, lower, upper, score,
                       fits, errors)
 
-    async def _refresh(self, slot: RuleSlot, now: float) -> None:
+    async def _refresh(self, slot: RuleSlot, now: float, errors: list[str]) -> bool:
+        """Bands renewed when due; False when that failed: as in the runner, the cycle is not scored (NaN)."""
         forecasts = slot.forecasts
-        if forecasts is not None and self.inferencer.needs_refresh(slot.rule, forecasts.bands, now):
+        if forecasts is None or not self.inferencer.needs_refresh(slot.rule, forecasts.bands, now):
+            return True
+        try:
             bands = await self.inferencer.bands(slot.rule, forecasts.model, now)
-            slot.forecasts = Forecasts(forecasts.model, bands, forecasts.index)
+        except OAError as e:
+            log.warning("rule %s: bands at %s failed: %s", slot.rule.name, now, e)
+            errors.append(f"{now}: {type(e).__name__}: {e}")
+            return False
+        slot.forecasts = Forecasts(forecasts.model, bands, forecasts.index)
+        return True
 
     async def _fit(self, slot: RuleSlot, now: float) -> str | None:
         """Fit as the runner does; a failure is kept (and retried on the runner's backoff), never raised."""
