@@ -32,6 +32,10 @@ def sleep(seconds: float) -> float:
     return time.time()
 
 
+def niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
 def big(n: int) -> np.ndarray:
     return np.arange(n, dtype=np.float64)
 
@@ -46,6 +50,10 @@ async def pool():
 async def test_results_and_large_payloads_come_back(pool):
     assert await pool.run(add, 2, 3) == 5
     assert (await pool.run(big, 2_000_000)).sum() == pytest.approx(2_000_000 * 1_999_999 / 2)
+
+
+async def test_jobs_run_nicer_than_the_process_that_sends_them(pool):
+    assert await pool.run(niceness) == min(os.getpriority(os.PRIO_PROCESS, 0) + 10, 19)
 
 
 async def test_the_job_exception_is_raised_in_the_caller(pool):
