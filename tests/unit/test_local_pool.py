@@ -52,8 +52,9 @@ async def test_results_and_large_payloads_come_back(pool):
     assert (await pool.run(big, 2_000_000)).sum() == pytest.approx(2_000_000 * 1_999_999 / 2)
 
 
-async def test_jobs_run_nicer_than_the_process_that_sends_them(pool):
-    assert await pool.run(niceness) == min(os.getpriority(os.PRIO_PROCESS, 0) + 10, 19)
+async def test_jobs_run_at_niceness_10_or_more(pool):
+    # 10 whether the forkserver came from this thread (0) or from a daemon's nicer executor thread (10)
+    assert await pool.run(niceness) == max(os.getpriority(os.PRIO_PROCESS, 0), 10)
 
 
 async def test_the_job_exception_is_raised_in_the_caller(pool):

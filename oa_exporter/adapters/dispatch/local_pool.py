@@ -33,7 +33,8 @@ __all__ = ["JobTimeout", "LocalPoolDispatcher", "WorkerDied", "default_workers"]
 PRELOAD = ["numpy", "oa_exporter.core.seasonal", "oa_exporter.adapters.engines.statsforecast",
            "oa_exporter.entrypoints.cli"]
 # Jobs are background work: a fit that ends a little later costs nothing, while the process that forked it
-# answers scrapes and scores every cycle. 10 steps nicer, the kernel gives a busy core to the daemon first.
+# answers scrapes and scores every cycle. At niceness 10 or more, the kernel gives a busy core to the daemon
+# first. A floor, not a step: the forkserver inherits the niceness of whichever thread started it.
 JOB_NICENESS = 10
 
 
@@ -171,8 +172,8 @@ def _child_main(sender: Connection, fn: Callable[..., Any], args: tuple, devices
 
 
 def _run_nicer() -> None:
-    with contextlib.suppress(OSError):  # as nice as allowed, where the limit is lower
-        os.nice(min(JOB_NICENESS, 19 - os.getpriority(os.PRIO_PROCESS, 0)))
+    with contextlib.suppress(OSError):
+        os.nice(max(JOB_NICENESS - os.getpriority(os.PRIO_PROCESS, 0), 0))
 
 
 def _exit_with_parent() -> None:
