@@ -105,3 +105,19 @@ def _brute_force(files: list[scorer.Labelled], threshold: float) -> float:
             hits = detected & (f.window == w)
             total += f.weights[hits].max() if hits.any() else -STANDARD.fn
     return total
+
+
+def test_the_oracle_picks_a_threshold_per_group_and_one_group_is_the_corpus_score():
+    ts = times(1000)
+    windows = {"a/one.csv": [(ts[500], ts[540])], "b/two.csv": [(ts[500], ts[540])]}
+    one, two = np.zeros(1000), np.zeros(1000)
+    one[520], one[800] = 0.9, 0.7  # its window found at 0.9; a false positive at 0.7
+    two[520] = 0.6  # its window only found from 0.6 on
+    results = {"a/one.csv": (ts, one), "b/two.csv": (ts, two)}
+    corpus = scorer.evaluate(results, windows, STANDARD)
+    assert corpus.threshold == 0.6  # both windows, and the false positive with them
+    assert scorer.oracle(results, windows, STANDARD, lambda name: "all") == pytest.approx(corpus.normalised)
+    per_file = scorer.oracle(results, windows, STANDARD, lambda name: name)
+    false_positive = -scorer.score_at([scorer.label("a/one.csv", ts, np.where(one == 0.7, 1.0, 0.0),
+                                                    windows["a/one.csv"], STANDARD)], STANDARD, 0.5) - 1.0
+    assert per_file - corpus.normalised == pytest.approx(100 * false_positive / (2 * 2), rel=1e-9)
