@@ -189,15 +189,11 @@ def evaluate(results: Mapping[str, tuple[np.ndarray, np.ndarray]],
     if missing:
         raise ValueError(f"no results for {len(missing)} labelled files, e.g. {missing[0]}")
     files = [label(name, *results[name], windows[name], costs) for name in sorted(windows)]
-    null_files = [label(name, ts, np.full(len(ts), 0.5), windows[name], costs)
-                  for name, (ts, _) in sorted(results.items()) if name in windows]
-    null = best(null_files, costs)[1]
     if threshold is None:
         threshold, raw = best(files, costs)
     else:
         raw = score_at(files, costs, threshold)
-    count = sum(len(w) for w in windows.values())
-    return Result(threshold, raw, normalise(raw, null, count, costs))
+    return Result(threshold, raw, _normalised(raw, results, windows, costs))
 
 
 def oracle(results: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -209,9 +205,15 @@ def oracle(results: Mapping[str, tuple[np.ndarray, np.ndarray]],
     files: dict[str, list[Labelled]] = {}
     for name in sorted(windows):
         files.setdefault(group(name), []).append(label(name, *results[name], windows[name], costs))
+    raw = sum(best(members, costs)[1] for members in files.values())
+    return _normalised(raw, results, windows, costs)
+
+
+def _normalised(raw: float, results: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                windows: Mapping[str, Sequence[tuple[np.datetime64, np.datetime64]]], costs: Costs) -> float:
+    """`raw` normalised against the null detector (0.5 on every row) of the same files."""
     null_files = [label(name, results[name][0], np.full(len(results[name][0]), 0.5), windows[name], costs)
                   for name in sorted(windows)]
-    raw = sum(best(members, costs)[1] for members in files.values())
     return normalise(raw, best(null_files, costs)[1], sum(len(w) for w in windows.values()), costs)
 
 
