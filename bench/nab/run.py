@@ -1,6 +1,7 @@
 """Detection quality on the Numenta Anomaly Benchmark: our backtest over NAB data, scored as NAB scores.
 
     python bench/nab/run.py [--data DIR --labels FILE --profiles FILE --out DIR] [--preset default | --rules FILE]
+                            [--jobs N] [--loco]
 
 Defaults read the NAB development split beside the repository (../shared/nab-dev). Every data file is
 replayed with `oa-exporter backtest`'s own code (the daemon's Trainer, Inferencer and refit schedule,
@@ -17,6 +18,13 @@ are in [0, ∞) with the alert threshold at 1, so the file holds the monotone ma
 which sends our threshold 1 to 0.5. Scores are reported per profile twice: with the threshold NAB
 optimises over the corpus, and frozen at 0.5 (our own alert threshold: what a user gets). The reference
 detectors' results, when present beside the data, are scored in the same run as the baseline.
+
+`--loco` adds leave-one-category-out with the threshold frozen at 0.5: each category with anomaly windows is
+scored on its own, normalised within it (null detector 0, perfect 100), by the setting chosen on all the
+other files (the no-anomaly category's false positives included); it prints the left-out scores, their mean
+and the false-positive rows on the no-anomaly category. Several settings (`--preset A B ...` or
+`--rules A.yml B.yml ...`) are the candidates to choose among, each replayed once into <out>/<name>/; with
+one, the folds are its frozen per-category scores and the layout above is unchanged.
 """
 
 from __future__ import annotations
@@ -55,14 +63,39 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"missing data files: {missing[:3]}...", file=sys.stderr)
         return 1
+    candidates = candidate_settings(args.preset, args.rules)
+    jobs = args.jobs or os.cpu_count() or 1
+    detectors = {}
+    for name, (preset, rules_file) in candidates.items():
+        out = args.out if len(candidates) == 1 else args.out / name
+        if len(candidates) > 1:
+            print(f"\n== {name}")
+        detectors[name] = report_one(files, windows, profiles, args.data.parent, preset, rules_file, jobs, out)
+    if args.loco:
+        print_loco(detectors, windows, profiles["standard"], args.data.parent, args.out)
+    return 0
+
+
+def candidate_settings(presets: list[str], rules_files: list[Path] | None) -> dict[str, tuple]:
+    """The settings to replay, by name: each rules file (by its stem), else each preset."""
+    if not rules_files:
+        return {preset: (preset, None) for preset in presets}
+    names = [path.stem for path in rules_files]
+    if len(set(names)) < len(names):
+        names = [str(path).replace("/", "_") for path in rules_files]
+    return {name: (presets[0], path) for name, path in zip(names, rules_files)}
+
+
+def report_one(files: dict[str, Path], windows: dict[str, list], profiles: dict, nab: Path, preset: str,
+               rules_file: Path | None, jobs: int, out: Path) -> dict:
+    """Replay every file under one setting, print and write its NAB report; return its results by file."""
     started = time.perf_counter()
-    scores = replay(files, windows, args.preset, args.rules, args.jobs or os.cpu_count() or 1, args.out)
+    scores = replay(files, windows, preset, rules_file, jobs, out)
     replayed = time.perf_counter() - started
     results = {name: scorer.read_results(path) for name, path in scores.items()}
     report = {"runtime_seconds": round(replayed, 1), "files": len(files), "windows": sum(map(len, windows.values())),
               "rows": sum(len(r[0]) for r in results.values()), "profiles": {}}
-    print(f"\nreplayed {report['files']} files, {report['rows']:,} rows in {replayed:.1f} s "
-          f"on {args.jobs or os.cpu_count()} processes")
+    print(f"\nreplayed {report['files']} files, {report['rows']:,} rows in {replayed:.1f} s on {jobs} processes")
     print(f"{'detector':18} {'profile':20} {'optimised':>9} {'threshold':>9} {'frozen 0.5':>10}")
     for name, costs in profiles.items():
         best = scorer.evaluate(results, windows, costs)
@@ -72,18 +105,63 @@ def main(argv: list[str] | None = None) -> int:
                                     "raw_frozen": round(frozen.raw, 3)}
         print(f"{DETECTOR:18} {name:20} {best.normalised:9.2f} {best.threshold:9.4f} {frozen.normalised:10.2f}")
     detectors = {DETECTOR: results}
-    for detector in ("numenta", "windowedGaussian"):
-        folder = args.data.parent / "reference-results" / detector
-        if folder.is_dir():
-            reference = detectors[detector] = scorer.read_detector(folder, detector, windows)
-            for name, costs in profiles.items():
-                best = scorer.evaluate(reference, windows, costs)
-                print(f"{detector:18} {name:20} {best.normalised:9.2f} {best.threshold:9.4f} {'':>10}")
-                report.setdefault("baselines", {}).setdefault(detector, {})[name] = round(best.normalised, 2)
+    for detector, reference in references(windows, nab).items():
+        detectors[detector] = reference
+        for name, costs in profiles.items():
+            best = scorer.evaluate(reference, windows, costs)
+            print(f"{detector:18} {name:20} {best.normalised:9.2f} {best.threshold:9.4f} {'':>10}")
+            report.setdefault("baselines", {}).setdefault(detector, {})[name] = round(best.normalised, 2)
     print_ceilings(detectors, windows, profiles, report)
-    (args.out / f"{DETECTOR}_scores.json").write_text(json.dumps(report, indent=1))
+    (out / f"{DETECTOR}_scores.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report))
-    return 0
+    return results
+
+
+def references(windows: dict[str, list], nab: Path) -> dict[str, dict]:
+    """The reference detectors' published results, where they lie beside the data (in `nab`)."""
+    found = {}
+    for detector in ("numenta", "windowedGaussian"):
+        folder = nab / "reference-results" / detector
+        if folder.is_dir():
+            found[detector] = scorer.read_detector(folder, detector, windows)
+    return found
+
+
+def print_loco(detectors: dict[str, dict], windows: dict[str, list], costs: scorer.Costs, nab: Path,
+               out: Path) -> None:
+    """Leave-one-category-out, threshold frozen at 0.5: per category with anomalies, the setting chosen on
+    every other file (the no-anomaly category's false positives included) scored on the left-out category,
+    normalised within it; the mean of those is the number that says how the setting generalises."""
+    folds = scorer.leave_one_category_out(detectors, windows, costs, FROZEN)
+    quiet = scorer.without_anomalies(windows)
+    false_positives = {name: scorer.false_positive_rows(results, quiet, FROZEN) for name, results in detectors.items()}
+    mean = float(np.mean([fold.left_out for fold in folds]))
+    print(f"\nleave-one-category-out, standard profile, threshold frozen at {FROZEN}")
+    print(f"{'left-out category':24} {'chosen on the others':24} {'others':>7} {'left-out':>8} {'best in-sample':>14}")
+    in_sample = {name: scorer.per_category(results, windows, costs, FROZEN) for name, results in detectors.items()}
+    for fold in folds:  # best in-sample: the candidate chosen on the category itself, what the fold guards against
+        best = max(scores[fold.category].normalised for scores in in_sample.values())
+        print(f"{fold.category:24} {fold.chosen:24} {fold.chosen_on:7.2f} {fold.left_out:8.2f} {best:14.2f}")
+    print(f"{'mean of left-out':24} {'':24} {'':>7} {mean:8.2f}")
+    for name, count in false_positives.items():
+        print(f"false-positive rows on the no-anomaly category ({len(quiet)} files), {name}: {count}")
+    report = {"threshold": FROZEN, "mean": round(mean, 2),
+              "folds": [{"category": f.category, "chosen": f.chosen, "left_out": round(f.left_out, 2),
+                         "chosen_on": round(f.chosen_on, 2)} for f in folds],
+              "no_anomaly_false_positive_rows": false_positives,
+              "in_sample": {name: {c: round(r.normalised, 2) for c, r in scores.items()}
+                            for name, scores in in_sample.items()}}
+    reference = references(windows, nab).get("numenta")
+    if reference is not None:  # at its own corpus-optimised threshold: one threshold for every file, as ours
+        threshold = scorer.evaluate(reference, windows, costs).threshold
+        htm = scorer.per_category(reference, windows, costs, threshold)
+        print(f"numenta HTM in-sample, frozen at its optimised {threshold:.4f}: "
+              + ", ".join(f"{c} {r.normalised:.2f}" for c, r in htm.items())
+              + f"; mean {np.mean([r.normalised for r in htm.values()]):.2f}")
+        report["numenta_in_sample"] = {c: round(r.normalised, 2) for c, r in htm.items()} | {"threshold": threshold}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{DETECTOR}_loco.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report))
 
 
 def print_ceilings(detectors: dict[str, dict], windows: dict[str, list], profiles: dict, report: dict) -> None:
@@ -173,8 +251,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="NAB labels/combined_windows.json (default: beside --data)")
     parser.add_argument("--profiles", type=Path, default=None, help="NAB config/profiles.json (default: beside --data)")
     parser.add_argument("--out", type=Path, default=Path("nab-results"), help="results directory")
-    parser.add_argument("--preset", default="default", help="the rules preset to replay with")
-    parser.add_argument("--rules", type=Path, default=None, help="a rules file whose first rule replaces the preset")
+    parser.add_argument("--preset", nargs="+", default=["default"],
+                        help="the rules preset to replay with (several: candidates for --loco)")
+    parser.add_argument("--rules", type=Path, nargs="+", default=None,
+                        help="a rules file whose first rule replaces the preset (several: candidates for --loco)")
+    parser.add_argument("--loco", action="store_true",
+                        help="also score leave-one-category-out with the threshold frozen at 0.5")
     parser.add_argument("--jobs", type=int, default=0, help="worker processes (default: one per core)")
     return parser
 

@@ -209,6 +209,73 @@ def oracle(results: Mapping[str, tuple[np.ndarray, np.ndarray]],
     return _normalised(raw, results, windows, costs)
 
 
+def category(name: str) -> str:
+    """The NAB category of a "category/file.csv" name."""
+    return name.split("/", 1)[0]
+
+
+def per_category(results: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                 windows: Mapping[str, Sequence[tuple[np.datetime64, np.datetime64]]],
+                 costs: Costs, threshold: float) -> dict[str, Result]:
+    """Each category with anomaly windows scored on its own at a fixed threshold, normalised within it."""
+    return {name: evaluate(results, members, costs, threshold)
+            for name, members in _categories(windows).items() if any(members.values())}
+
+
+def false_positive_rows(results: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                        windows: Mapping[str, Sequence[tuple[np.datetime64, np.datetime64]]],
+                        threshold: float) -> int:
+    """Scored (post-probation) rows outside every window whose score is at least `threshold`."""
+    count = 0
+    for name in windows:
+        files = label(name, *results[name], windows[name], Costs(1.0, 1.0, 1.0))
+        count += int(np.count_nonzero((files.scores >= threshold) & (files.window < 0)))
+    return count
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One left-out category: the candidate chosen on the others, its score on the left-out category
+    (threshold frozen, normalised within the category) and its score on the categories it was chosen on."""
+
+    category: str
+    chosen: str
+    left_out: float
+    chosen_on: float
+
+
+def leave_one_category_out(candidates: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+                           windows: Mapping[str, Sequence[tuple[np.datetime64, np.datetime64]]],
+                           costs: Costs, threshold: float) -> list[Fold]:
+    """For each category with anomaly windows: pick the candidate (a detector setting, by name: its results)
+    with the best frozen-threshold score on every *other* file, the no-anomaly categories included (their
+    false positives cost what NAB charges for them), then score it on the left-out category alone. Ties go
+    to the candidate listed first. With one candidate: its frozen score per category."""
+    groups = _categories(windows)
+    folds = []
+    for left_out in (name for name, members in groups.items() if any(members.values())):
+        others = {name: limits for name, limits in windows.items() if category(name) != left_out}
+        chosen_on = {label_: evaluate(results, others, costs, threshold).normalised
+                     for label_, results in candidates.items()}
+        chosen = max(chosen_on, key=lambda label_: chosen_on[label_])  # max keeps the first of equals
+        score = evaluate(candidates[chosen], groups[left_out], costs, threshold).normalised
+        folds.append(Fold(left_out, chosen, score, chosen_on[chosen]))
+    return folds
+
+
+def without_anomalies(windows: Mapping[str, Sequence[tuple[np.datetime64, np.datetime64]]]) -> dict[str, list]:
+    """The files of the categories that have no anomaly window at all (NAB's artificialNoAnomaly)."""
+    return {name: list(limits) for members in _categories(windows).values() if not any(members.values())
+            for name, limits in members.items()}
+
+
+def _categories(windows: Mapping[str, Sequence[tuple[np.datetime64, np.datetime64]]]) -> dict[str, dict]:
+    groups: dict[str, dict] = {}
+    for name in sorted(windows):
+        groups.setdefault(category(name), {})[name] = windows[name]
+    return groups
+
+
 def _normalised(raw: float, results: Mapping[str, tuple[np.ndarray, np.ndarray]],
                 windows: Mapping[str, Sequence[tuple[np.datetime64, np.datetime64]]], costs: Costs) -> float:
     """`raw` normalised against the null detector (0.5 on every row) of the same files."""

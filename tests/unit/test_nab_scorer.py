@@ -121,3 +121,46 @@ def test_the_oracle_picks_a_threshold_per_group_and_one_group_is_the_corpus_scor
     false_positive = -scorer.score_at([scorer.label("a/one.csv", ts, np.where(one == 0.7, 1.0, 0.0),
                                                     windows["a/one.csv"], STANDARD)], STANDARD, 0.5) - 1.0
     assert per_file - corpus.normalised == pytest.approx(100 * false_positive / (2 * 2), rel=1e-9)
+
+
+def _corpus(**detections: list[int]) -> tuple[dict, dict]:
+    """Three 1000-row files, categories a and b with a window at rows 500..540 and a quiet category q; the
+    keyword arguments give, per file ("a", "b", "q"), the rows where the detector fires."""
+    ts = times(1000)
+    windows = {"a/one.csv": [(ts[500], ts[540])], "b/two.csv": [(ts[500], ts[540])], "q/quiet.csv": []}
+    results = {}
+    for name in windows:
+        scores = np.zeros(1000)
+        scores[detections.get(name[0], [])] = 1.0
+        results[name] = (ts, scores)
+    return results, windows
+
+
+def test_each_left_out_category_is_scored_by_the_setting_chosen_on_the_others():
+    only_a, _ = _corpus(a=[500])
+    only_b, windows = _corpus(b=[500])
+    candidates = {"only_a": only_a, "only_b": only_b}
+    folds = {fold.category: fold for fold in scorer.leave_one_category_out(candidates, windows, STANDARD, 0.5)}
+    assert set(folds) == {"a", "b"}  # the quiet category is never left out: it has nothing to find
+    assert folds["a"].chosen == "only_b" and folds["b"].chosen == "only_a"
+    assert folds["a"].left_out == pytest.approx(0.0) and folds["b"].left_out == pytest.approx(0.0)
+    in_sample = scorer.per_category(only_a, windows, STANDARD, 0.5)
+    assert in_sample["a"].normalised == pytest.approx(100.0) and in_sample["b"].normalised == pytest.approx(0.0)
+
+
+def test_false_positives_on_the_quiet_category_decide_between_otherwise_equal_settings():
+    noisy, _ = _corpus(a=[500], b=[500], q=[300, 301, 700])
+    clean, windows = _corpus(a=[500], b=[500])
+    folds = scorer.leave_one_category_out({"noisy": noisy, "clean": clean}, windows, STANDARD, 0.5)
+    assert [fold.chosen for fold in folds] == ["clean", "clean"]
+    quiet = scorer.without_anomalies(windows)
+    assert list(quiet) == ["q/quiet.csv"]
+    assert scorer.false_positive_rows(noisy, quiet, 0.5) == 3 and scorer.false_positive_rows(clean, quiet, 0.5) == 0
+
+
+def test_with_one_setting_the_folds_are_its_frozen_per_category_scores():
+    late, windows = _corpus(a=[520], b=[900])  # a found late in its window; b's detection is a false positive
+    folds = scorer.leave_one_category_out({"late": late}, windows, STANDARD, 0.5)
+    per_category = scorer.per_category(late, windows, STANDARD, 0.5)
+    assert [(f.category, f.left_out) for f in folds] == [(c, r.normalised) for c, r in per_category.items()]
+    assert 0 < folds[0].left_out < 100 and folds[1].left_out < 0
