@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import labels  # noqa: E402
 from oa_exporter.adapters.sinks.exposition import FAMILIES, output_labels  # noqa: E402
-from oa_exporter.adapters.sinks.remote_write import DiskQueue, Encoder, batches, decode  # noqa: E402
+from oa_exporter.adapters.sinks.remote_write_encoding import Encoder, batches, decode  # noqa: E402
 from oa_exporter.adapters.sinks.remote_write_pb2 import WriteRequest  # noqa: E402
+from oa_exporter.adapters.sinks.remote_write_queue import DiskQueue  # noqa: E402
 from oa_exporter.core.domain import ModelSpec, Rule, RuleScores  # noqa: E402
 
 BATCH = 2000

@@ -21,20 +21,16 @@ from oa_exporter.adapters.config.remote_write import load_destinations
 from oa_exporter.adapters.sinks.exposition import output_labels
 from oa_exporter.adapters.sinks.fanout import FanOut
 from oa_exporter.adapters.sinks.remote_write import (
-    Batch,
-    DiskQueue,
-    Encoder,
     RemoteDestination,
     RemoteWriteOptions,
     RemoteWriteSink,
-    batches,
-    decode,
     parse_retry_after,
     queue_name,
     safe_url,
-    varint,
 )
+from oa_exporter.adapters.sinks.remote_write_encoding import Batch, Encoder, batches, decode, varint
 from oa_exporter.adapters.sinks.remote_write_pb2 import Label, Sample, TimeSeries, WriteRequest
+from oa_exporter.adapters.sinks.remote_write_queue import DiskQueue
 from oa_exporter.adapters.stores.local import LocalArtifactStore
 from oa_exporter.adapters.tsdb.prometheus import HttpAuth
 from oa_exporter.bootstrap import App, bootstrap
