@@ -24,6 +24,7 @@ from .adapters.sinks.exposition import ExpositionPage
 from .adapters.sinks.fanout import FanOut, FlushOnly
 from .adapters.stores.local import LocalArtifactStore
 from .adapters.stores.noop import NoopArtifactStore
+from .adapters.stores.sharded import ShardedArtifactStore
 from .adapters.telemetry.prometheus_client import PrometheusTelemetry
 from .adapters.tsdb.prometheus import HttpAuth, PrometheusClient
 from .core.domain import ModelSpec, Rule, RuleSet, RuleStatus
@@ -34,6 +35,7 @@ from .core.services.queued_trainer import QueuedTrainer
 from .core.services.runner import Runner
 from .core.services.trainer import Trainer
 from .core.services.worker import JobWorker
+from .core.sharding import Shard
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -179,6 +181,7 @@ class App:
     queue: JobQueue | None = None  # the celery dispatcher's queues, when fits run on workers
     rules: RuleSet | None = None
     rules_version: str = ""
+    shards: Callable[[], Shard] = Shard  # this replica's shard layout, read again at every (re)load
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def load_rules(self) -> bool:
@@ -186,16 +189,18 @@ class App:
         async with self._reloading:
             if self.output is not None:
                 await self.output.start()  # safe to call again
-            self.rules_version = await asyncio.to_thread(self.rules_store.version)
+            self.rules_version = await asyncio.to_thread(self._version)
             try:
+                shard = await asyncio.to_thread(self.shards)
                 rules = await asyncio.to_thread(self.rules_store.load)
-            except RuleError as e:
-                for problem in e.problems:
+            except (RuleError, ValueError, OSError) as e:
+                for problem in e.problems if isinstance(e, RuleError) else [str(e)]:
                     log.error("rules not loaded, the previous rules stay in force: %s", problem)
                 self.telemetry.rules_loaded(None, False, self.clock())
                 self.page.flush()  # the failure shows on /metrics now, not at the next cycle
                 return False
             self.rules = rules
+            self.runner.reshard(shard)
             await self.runner.apply(rules)
             self.telemetry.rules_loaded(rules, True, self.clock())
             self.page.flush()
@@ -215,10 +220,15 @@ class App:
                     await asyncio.wait_for(poked.wait(), poll_interval)
                     await asyncio.sleep(0.2)  # let an editor or a ConfigMap swap finish writing
                 poked.clear()
-                if await asyncio.to_thread(self.rules_store.version) != self.rules_version:
+                if await asyncio.to_thread(self._version) != self.rules_version:
                     await self.load_rules()
         finally:
             watcher.stop()
+
+    def _version(self) -> str:
+        """The rules files' version and the shard count file's content: either changing means reload."""
+        count_file = self.settings.shard_count_file
+        return self.rules_store.version() + (f"|{Path(count_file).read_text().strip()}" if count_file else "")
 
     def rules_status(self) -> list[RuleStatus]:
         """Every rule's state, models and fits, for GET /api/v1/rules."""
@@ -251,10 +261,15 @@ def bootstrap(
     tsdb = tsdb or tsdb_client(settings)
     store = store or artifact_store(settings)
     telemetry = PrometheusTelemetry(clock)
+    first = shard_layout(settings)
+    if first.index > 0:  # shard 0 keeps the plain names: a single daemon's models stay when sharding starts
+        store = ShardedArtifactStore(store, first.index)
     dispatcher = dispatcher or LocalPoolDispatcher(settings.pool_workers or None, settings.job_timeout,
                                                    settings.job_retries, telemetry)
     page = ExpositionPage(extra=telemetry.render)
     if settings.dispatcher == "celery":
+        if first.count > 1 or settings.shard_count_file:
+            raise ValueError("--shard.count needs --dispatcher local or dask: celery workers fit whole rules")
         _check_shared_store(settings, store)
         queue = queue or celery_queue(settings, telemetry)
         trainer: Trainer = QueuedTrainer(tsdb, engines, store, dispatcher, telemetry, clock,
@@ -266,7 +281,25 @@ def bootstrap(
     output = result_sink(settings, page, telemetry)
     runner = Runner(trainer, inferencer, output, telemetry, clock)
     return App(settings, config_store(settings, engines), tsdb, dispatcher, telemetry, page, runner, clock, store,
-               output=output, queue=queue)
+               output=output, queue=queue, shards=lambda: shard_layout(settings))
+
+
+def shard_layout(settings: Settings) -> Shard:
+    """This replica's shard: the count from --shard.count-file (read now) or --shard.count, the index from
+    --shard.index or the hostname's ordinal; ValueError when they do not fit together."""
+    count = settings.shard_count
+    if settings.shard_count_file:
+        text = Path(settings.shard_count_file).read_text().strip()
+        try:
+            count = int(text)
+        except ValueError as e:
+            raise ValueError(f"--shard.count-file {settings.shard_count_file}: {text!r} is not a number") from e
+    if count == 1:
+        return Shard()
+    if settings.shard_index < 0:
+        raise ValueError(f"--shard.count {count} needs --shard.index (OA_SHARD_INDEX), or a hostname ending in "
+                         "the pod's ordinal as a StatefulSet gives (openanomaly-2)")
+    return Shard(settings.shard_index, count)
 
 
 def celery_options(settings: Settings) -> CeleryOptions:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+_ORDINAL = re.compile(r"-(\d+)$")  # a StatefulSet pod's hostname ends in its ordinal
 DEFAULT_PORT = 10100  # outside the 9100-9999 range the Prometheus wiki allocates to exporters
 # Adapter choices in one word; any OA_* variable or flag set explicitly still wins over its preset value.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -121,6 +123,19 @@ class Settings:
         "which rules' forecast bands the inference queue computes: auto (models that want a GPU), always, never",
         choices=("auto", "always", "never")))
 
+    # -- shards: replicas that split every rule's series between them --
+    shard_count: int = field(default=1, metadata=_opt(
+        "--shard.count", "OA_SHARD_COUNT",
+        "replicas that split every rule's series between them (rendezvous hashing of the series' labels)"))
+    shard_index: int = field(default=-1, metadata=_opt(
+        "--shard.index", "OA_SHARD_INDEX",
+        "this replica's shard, 0 to count-1 (-1: the ordinal ending $HOSTNAME, as in a StatefulSet's "
+        "openanomaly-2)"))
+    shard_count_file: str = field(default="", metadata=_opt(
+        "--shard.count-file", "OA_SHARD_COUNT_FILE",
+        "file holding the shard count, read at start and at every reload (SIGHUP, /-/reload, a rules change); "
+        "wins over --shard.count, so the count changes without a restart"))
+
     # -- where results go: the /metrics page, Prometheus remote write, or both --
     output_mode: str = field(default="metrics", metadata=_opt(
         "--output.mode", "OA_OUTPUT_MODE", "where results go: metrics (/metrics), remote-write, or both",
@@ -184,6 +199,9 @@ class Settings:
             raw = environ.get(f.metadata["env"])
             if raw is not None and raw != "":
                 values[f.name] = _convert(f, raw)
+        if "shard_index" not in values:  # a StatefulSet pod: its ordinal is its shard
+            found = _ORDINAL.search(environ.get("HOSTNAME", ""))
+            values["shard_index"] = int(found.group(1)) if found else -1
         return cls(**values)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:

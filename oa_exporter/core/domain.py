@@ -248,3 +248,4 @@ class RuleStatus:
     artifact: str | None  # the stored model in use
     error: str | None
     fingerprint: str
+    shard: Mapping[str, int] = field(default_factory=dict)  # index, count; series it owns of the query's total

@@ -185,5 +185,11 @@ class Telemetry(Protocol):
                  reason: str = "") -> None:
         """A job finished (ok) or failed for good (reason: error, timeout, lost, broker); retries: extra attempts."""
 
+    def shard_layout(self, index: int, count: int) -> None:
+        """This replica is now shard `index` of `count`."""
+
+    def shard_series(self, rule: str, owned: int, total: int) -> None:
+        """One cycle: this shard owns `owned` of the `total` series the rule's query returned."""
+
     def forget_rule(self, rule: Rule) -> None:
         """Drop every per-rule metric of a removed rule."""

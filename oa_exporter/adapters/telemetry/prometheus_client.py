@@ -81,6 +81,13 @@ class PrometheusTelemetry:
         self.artifact_write_seconds = Histogram("oa_artifact_write_duration_seconds", "Time to store a model.",
                                                 buckets=QUERY_BUCKETS, registry=r)
         self._artifact_labels: dict[str, set[tuple[str, str]]] = {}  # per rule, label pairs to forget
+        self.shard_index = Gauge("oa_shard_index", "This replica's shard (0-based).", registry=r)
+        self.shard_count = Gauge("oa_shard_count", "Shards the rules' series are split into.", registry=r)
+        self.shard_count.set(1)
+        self.shard_owned = Gauge("oa_shard_series", "Series of the rule this shard fits, scores and exports.",
+                                 ["rule"], registry=r)
+        self.shard_queried = Gauge("oa_shard_query_series", "Series the rule's instant query returned (all "
+                                   "shards').", ["rule"], registry=r)
         self._job_metrics(r)
         self.model_age = _ModelAge(clock)
         r.register(self.model_age)
@@ -174,9 +181,17 @@ class PrometheusTelemetry:
     def band_coverage(self, rule: str, inside: int, scored: int, at: float) -> None:
         self.coverage.add(rule, inside, scored, at)
 
+    def shard_layout(self, index: int, count: int) -> None:
+        self.shard_index.set(index)
+        self.shard_count.set(count)
+
+    def shard_series(self, rule: str, owned: int, total: int) -> None:
+        self.shard_owned.labels(rule).set(owned)
+        self.shard_queried.labels(rule).set(total)
+
     def forget_rule(self, rule: Rule) -> None:
-        for metric in (self.healthy, self.fit_seconds, self.fits, self.fit_failures, self.fallbacks, self.last_fit,
-                       self.refit_period, self.artifact_size):
+        for metric in (self.shard_owned, self.shard_queried, self.healthy, self.fit_seconds, self.fits,
+                       self.fit_failures, self.fallbacks, self.last_fit, self.refit_period, self.artifact_size):
             _remove(metric, rule.name)
         for kind, label in self._artifact_labels.pop(rule.name, set()):
             _remove(self.rejected if kind == "rejected" else self.artifact_failures, rule.name, label)

@@ -13,6 +13,7 @@ from ..domain import InstantVector, Model, Rule, RuleGroup, RuleScores, RuleSet,
 from ..errors import OAError
 from ..ports import ResultSink, Telemetry
 from ..scoring import Repeats
+from ..sharding import Ownership, Shard
 from .inferencer import Forecasts, Inferencer
 from .trainer import Trainer
 
@@ -38,10 +39,15 @@ class RuleSlot:
     fit_error: str = ""  # why the last fit failed ("" when it worked)
     cycle_error: str = ""  # why the last scoring cycle failed
     repeats: Repeats = field(default_factory=Repeats)  # per series, what the repeat rule remembers
+    ownership: Ownership = field(default_factory=Ownership)  # which of the query's series this shard owns
+    owned: tuple[int, int] = (0, 0)  # series this shard owned in the last cycle, of the query's total
+    resharded: bool = False  # the shard layout changed: series that came to this shard are fitted at once
 
     def next_fit(self, interval: float) -> float:
         """When a (re)fit is due: at train.every, retried with backoff while fits fail, sooner (at most hourly)
         while series without a model are present; -inf when never tried."""
+        if self.resharded and self.unmodelled > 0:
+            return -math.inf
         if self.forecasts is None:
             return self.last_fit_attempt + min(self.rule.train_every, interval * 2 ** min(self.failures, 6))
         trained_at = self.forecasts.model.trained_at
@@ -78,8 +84,20 @@ class Runner:
     slots: dict[str, RuleSlot] = field(default_factory=dict)
     rules: RuleSet = field(default_factory=RuleSet)
     fits: dict[str, int] = field(default_factory=dict)  # fits started by this process, per rule
+    shard: Shard = field(default_factory=Shard)  # this replica's share of every rule's series
     _groups: list[asyncio.Task] = field(default_factory=list)
     _closing: bool = False
+
+    def reshard(self, shard: Shard) -> None:
+        """Adopt a new shard layout: series that left stop being scored (and exported) at the next cycle, every
+        model stays for the series it still owns, and a rule that gained series it has no model for refits now."""
+        if shard == self.shard:
+            return
+        log.info("shard %d of %d (was %d of %d)", shard.index, shard.count, self.shard.index, self.shard.count)
+        self.shard = self.trainer.shard = shard
+        for slot in self.slots.values():
+            slot.resharded = True
+        self.telemetry.shard_layout(shard.index, shard.count)
 
     async def apply(self, rules: RuleSet) -> None:
         """Adopt a new rule set: unchanged rules keep their models, removed rules disappear."""
@@ -133,21 +151,21 @@ class Runner:
         if not slot.loaded:
             await self._load(slot, now)
         if slot.fit_due(now, group.interval) and (slot.fit_task is None or slot.fit_task.done()):
-            slot.last_fit_attempt = now
+            slot.last_fit_attempt, slot.resharded = now, False
             slot.fit_task = asyncio.create_task(self._fit(slot, now), name=f"fit:{rule.name}")
         try:
             if slot.forecasts and self.inferencer.needs_refresh(rule, slot.forecasts.bands, now):
                 bands = await self.inferencer.bands(rule, slot.forecasts.model, now)
                 slot.forecasts = Forecasts(slot.forecasts.model, bands, slot.forecasts.index)
-            vector = await self.inferencer.sample(rule, now)
+            queried = await self.inferencer.sample(rule, now)
         except OAError as e:
             log.error("rule %s: scoring failed: %s", rule.name, e)
             slot.cycle_error = str(e)
             self.telemetry.rule_health(rule.name, False, str(e))
             self.sink.forget(rule.name)
             return
-        # scoring and rendering hold the CPU for a while at 100k series: off the loop, scrapes stay fast
-        scores = await asyncio.to_thread(self._score_and_publish, slot, vector)
+        # sharding, scoring and rendering hold the CPU for a while at 100k series: off the loop, scrapes stay fast
+        scores = await asyncio.to_thread(self._score_and_publish, slot, queried)
         slot.unmodelled = int(scores.ready.size - scores.ready.sum())
         slot.series, slot.cycle_error = dict(scores.states), ""
         self.telemetry.rule_health(rule.name, slot.failures == 0)
@@ -155,7 +173,10 @@ class Runner:
             slot.last_update = now
             slot.fit_task = asyncio.create_task(self._update(slot, now), name=f"update:{rule.name}")
 
-    def _score_and_publish(self, slot: RuleSlot, vector: InstantVector) -> RuleScores:
+    def _score_and_publish(self, slot: RuleSlot, queried: InstantVector) -> RuleScores:
+        vector = slot.ownership.select(queried, self.shard)
+        slot.owned = (len(vector.keys), len(queried.keys))
+        self.telemetry.shard_series(slot.rule.name, *slot.owned)
         scores = self.inferencer.score(slot.rule, vector, slot.forecasts, slot.repeats)
         self.sink.publish(scores)
         return scores
@@ -229,6 +250,8 @@ class Runner:
             next_fit=None if fitting else max(slot.next_fit(group.interval), now),
             fits_since_start=self.fits.get(rule.name, 0), artifact=model.artifact or None if model else None,
             error=slot.error or None, fingerprint=rule.fingerprint(),
+            shard={"index": self.shard.index, "count": self.shard.count, "series": slot.owned[0],
+                   "of": slot.owned[1]},
         )
 
     async def _stop_groups(self) -> None:

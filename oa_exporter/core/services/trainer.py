@@ -14,6 +14,7 @@ import numpy as np
 from ..domain import FitRecord, Model, Rule, SeriesMatrix, SeriesState
 from ..errors import ArtifactError, ArtifactRejected, CardinalityError, DispatchError, EngineError, RejectReason
 from ..ports import ArtifactStore, JobDispatcher, ModelEngine, Telemetry, TsdbClient
+from ..sharding import Shard, select_history
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class Trainer:
         self.clock = clock
         self.keep = max(keep, 1)  # the newest model is the one in use: never prune it
         self.records: dict[str, FitRecord] = {}  # per rule: how its last fit went (ours, or a stored one)
+        self.shard = Shard()  # the series this replica fits: its share of every rule's (a reload may change it)
 
     async def train(self, rule: Rule, now: float) -> Model:
         """Query the training window, fit every series with enough history, store the model; record the outcome."""
@@ -81,7 +83,7 @@ class Trainer:
     async def update(self, rule: Rule, model: Model, now: float) -> Model:
         """The model conditioned on the rule's current history, series that appeared since its fit included,
         weights unchanged. Not stored (the next fit is); band jobs then run here, as it has no artifact."""
-        history = await self._history(rule, now)
+        history = select_history(await self._history(rule, now), self.shard)
         fresh = history.select(np.flatnonzero(history_span(history) >= rule.min_history))
         engine = self.engines[rule.model.engine]
         fitted = await asyncio.to_thread(engine.update, model, fresh)
@@ -93,7 +95,7 @@ class Trainer:
         self.records.pop(rule, None)
 
     async def _fit(self, rule: Rule, now: float) -> tuple[Model, dict[str, int]]:
-        history = await self._history(rule, now)
+        history = select_history(await self._history(rule, now), self.shard)
         eligible = np.flatnonzero(history_span(history) >= rule.min_history)
         # every series ready (the usual case): fit the query result itself, not a copy of it (1.5 GB at 50k series)
         selected = history if len(eligible) == len(history.keys) else history.select(eligible)
