@@ -109,7 +109,7 @@ def exporter_health() -> dict:
               fieldConfig={"defaults": {"mappings": [{"type": "value", "options": {
                   "0": {"text": "failed", "color": "red"}, "1": {"text": "ok", "color": "green"}}}]},
                   "overrides": []}),
-        panel("stat", "Rules loaded", [target("sum(oa_rules_loaded)", instant=True)], (6, 0, 6, 4)),
+        panel("stat", "Rules loaded", [target("max(oa_rules_loaded)", instant=True)], (6, 0, 6, 4)),
         panel("stat", "Reload failures (1h)",
               [target("sum(increase(oa_rules_reload_failures_total[1h]))", instant=True)], (12, 0, 6, 4)),
         panel("stat", "Oldest model", [target("max(oa_model_age_seconds)", instant=True)], (18, 0, 6, 4),
@@ -133,11 +133,24 @@ def exporter_health() -> dict:
             f"histogram_quantile(0.9, sum by (le, kind) (rate(oa_query_duration_seconds_bucket[{RATE}])))",
             "{{kind}}")], (12, 20, 12, 8), fieldConfig={"defaults": {"unit": "s"}, "overrides": []}),
         panel("timeseries", "Unhealthy rules", [target("oa_rule_healthy == 0", "{{rule}}")], (0, 28, 12, 8)),
-        panel("timeseries", "Model age", [target("oa_model_age_seconds", "{{rule}}")], (12, 28, 12, 8),
+        panel("timeseries", "Model age", [target("max by (rule) (oa_model_age_seconds)", "{{rule}}")], (12, 28, 12, 8),
               fieldConfig={"defaults": {"unit": "s"}, "overrides": []}),
         *remote_write(36),
         *jobs(60),
+        *shards(84),
     ], [variable_datasource()])
+
+
+def shards(y: int) -> list[dict]:
+    """Replicas that split the rules' series (--shard.count): how many serve, and each one's share."""
+    return [
+        panel("stat", "Shards served", [
+            target('count(count_values("shard", oa_shard_index))', "served", "A", instant=True),
+            target("max(oa_shard_count)", "configured", "B", instant=True),
+        ], (0, y, 6, 8)),
+        panel("timeseries", "Series per shard", [target("sum by (instance) (oa_shard_series)", "{{instance}}")],
+              (6, y, 18, 8)),
+    ]
 
 
 def jobs(y: int) -> list[dict]:

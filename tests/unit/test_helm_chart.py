@@ -272,3 +272,49 @@ def test_secrets_come_from_the_chart_or_an_existing_secret():
 def test_settings_that_cannot_work_are_refused_with_what_to_set(values, message):
     with pytest.raises(HelmError, match=re.escape(message)):
         render(values)
+
+
+# -- shards --------------------------------------------------------------------------------------------------
+
+SHARDED = {"shards": 3, "persistence": {"enabled": True},
+           "artifacts": {"store": "s3", "s3": {"bucket": "models", "endpoint": "https://s3.example"}},
+           "serviceMonitor": {"enabled": True}}
+
+
+@pytest.mark.parametrize("version", KUBERNETES)
+def test_shards_deploy_a_statefulset_whose_pods_read_the_count_from_a_configmap(version):
+    objects = render(SHARDED)
+    for obj in objects:
+        if obj["kind"] not in CRDS:
+            kubernetes_validate.validate(obj, version, strict=True)
+    [daemon] = by_kind(objects, "StatefulSet").values()
+    assert daemon["spec"]["replicas"] == 3 and "oa-openanomaly" not in by_kind(objects, "Deployment")
+    assert daemon["spec"]["serviceName"] in by_kind(objects, "Service")
+    assert by_kind(objects, "Service")[daemon["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
+    [claim] = daemon["spec"]["volumeClaimTemplates"]  # one claim per shard, none shared
+    assert claim["metadata"]["name"] == "data" and not by_kind(objects, "PersistentVolumeClaim")
+    pod = daemon["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    variables = env(container)
+    assert_accepted_command(container["args"], "sharded")
+    assert_settings_accept(variables, "sharded")
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "shards")
+    assert variables["OA_SHARD_COUNT_FILE"] == mount["mountPath"] + "/count"
+    source = next(v for v in pod["volumes"] if v["name"] == "shards")["configMap"]["name"]
+    assert by_kind(objects, "ConfigMap")[source]["data"] == {"count": "3"}
+    # the ServiceMonitor selects the daemon Service only: every replica is scraped once
+    [monitor] = by_kind(objects, "ServiceMonitor").values()
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    selected = [name for name, s in by_kind(objects, "Service").items()
+                if wanted.items() <= s["metadata"]["labels"].items()]
+    assert selected == ["oa-openanomaly"]
+    report = lint(CHART, SHARDED, strict=True, kube_version="v1.25.0")
+    assert not report["errors"] and all(m["severity"] < WARNING for m in report["messages"]), report
+
+
+def test_one_shard_stays_a_deployment_and_impossible_layouts_are_refused():
+    assert "oa-openanomaly" in by_kind(render({"shards": 1}), "Deployment")
+    with pytest.raises(HelmError, match="shards > 1 needs dispatcher local"):
+        render({**SHARDED, "dispatcher": "celery", "celery": {"broker": "redis://r:6379/0"}})
+    with pytest.raises(HelmError, match="existingClaim"):
+        render({"shards": 2, "persistence": {"enabled": True, "existingClaim": "mine"}})

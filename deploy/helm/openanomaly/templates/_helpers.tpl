@@ -105,6 +105,17 @@ app.kubernetes.io/part-of: openanomaly
 {{- if and (eq .Values.artifacts.store "s3") (not (include "openanomaly.s3Bucket" .)) -}}
 {{- fail "artifacts.store s3 needs artifacts.s3.bucket (or tags.infrastructure=true for the bundled MinIO)" -}}
 {{- end -}}
+{{- if lt (int .Values.shards) 1 -}}
+{{- fail (printf "shards must be 1 or more, not %v" .Values.shards) -}}
+{{- end -}}
+{{- if gt (int .Values.shards) 1 -}}
+{{- if eq .Values.dispatcher "celery" -}}
+{{- fail "shards > 1 needs dispatcher local: celery workers fit whole rules, not one shard's series" -}}
+{{- end -}}
+{{- if .Values.persistence.existingClaim -}}
+{{- fail "shards > 1 cannot share persistence.existingClaim: each shard gets a claim of its own" -}}
+{{- end -}}
+{{- end -}}
 {{- if and (ne .Values.output.mode "metrics") (not .Values.output.remoteWriteUrls) -}}
 {{- fail (printf "output.mode %s needs output.remoteWriteUrls" .Values.output.mode) -}}
 {{- end -}}
