@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -34,9 +34,6 @@ from ..core.errors import OAError
 from ..core.services.backtester import Replay, Samples
 from ..settings import Settings
 from .flags import add_setting_flag
-
-if TYPE_CHECKING:
-    from ..adapters.reports.backtest_files import BacktestReport
 
 log = logging.getLogger("oa_exporter")
 SETTINGS = ("rules", "model_engine", "log_level", "log_format")  # flags of `run` that `backtest` shares
@@ -106,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             report.add(replay, job.stamps)
             progress.advance(job.points)
     report.finish()
-    _print_summary(report, sys.stdout)
+    sys.stdout.write(report.text())
     return 0
 
 
@@ -240,19 +237,6 @@ def _time(text: str, now: float) -> float:
 
 def _typed(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
-
-
-def _print_summary(report: BacktestReport, out: TextIO) -> None:
-    rows = report.rows
-    out.write(f"{'rule':24} {'series':40} {'points':>8} {'scored':>8} {'anomalies':>9} {'coverage':>8} level\n")
-    for r in rows:
-        s = r.summary
-        coverage = f"{s.coverage:.4f}" if math.isfinite(s.coverage) else "-"
-        out.write(f"{r.rule[:24]:24} {r.series[:40]:40} {s.points:8d} {s.scored:8d} {s.anomalies:9d} "
-                  f"{coverage:>8} {r.level / 100:g}\n")
-    points = sum(r.summary.scored for r in rows)
-    anomalies = sum(r.summary.anomalies for r in rows)
-    out.write(f"{len(rows)} series, {points:,} points scored, {anomalies:,} anomalies; results in {report.out}\n")
 
 
 def _cores() -> int:

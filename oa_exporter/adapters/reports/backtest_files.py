@@ -1,16 +1,15 @@
 """A backtest's results as files: per series a CSV and an SVG plot, and per run a summary and an HTML index.
 
     <out>/<rule>/<series>.csv     timestamp,y,yhat,yhat_lower,yhat_upper,anomaly_score (empty: not scored)
-    <out>/<rule>/<series>.svg     y, the band, the forecast and the points that scored above 1
-    <out>/summary.csv             rule,series,points,scored,anomalies,coverage,level
-    <out>/index.html              the summary, and the plots of the most anomalous series, in one file
+    <out>/<rule>/<series>.svg     y, the band, the forecast, the anomalies; the score and its threshold below
+    <out>/summary.csv             rule,series,points,scored,warmup,anomalies,coverage,level,first_scored
+    <out>/index.html              per rule its table and warm-up note, and every series' chart, in one file
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import html
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,9 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from ...core.services.backtester import Replay, SeriesSummary
+from . import html_report
+from .plot_data import reduce
+from .summary import RuleRun, text_summary
 from .svg_plot import svg
+from .units import expr_unit
 
-INDEX_PLOTS = 50  # index.html embeds the plots of this many series, most anomalous first
 COLUMNS = ("timestamp", "y", "yhat", "yhat_lower", "yhat_upper", "anomaly_score")
 
 
@@ -44,19 +46,31 @@ class BacktestReport:
 
     out: Path
     rows: list[Row] = field(default_factory=list)
+    runs: dict[str, RuleRun] = field(default_factory=dict)
+    _charts: dict[str, list[str]] = field(default_factory=dict)  # per rule, its series' chart data
     _names: set[tuple[str, str]] = field(default_factory=set)
+    _ends: list[float] = field(default_factory=list)  # first and last cycle of every replay
 
     def add(self, replay: Replay, stamps: Sequence[str] | None = None) -> list[Row]:
         """Write every series of a replay; `stamps` replaces the timestamps column (e.g. a CSV's own text)."""
         folder = self.out / _slug(replay.rule.name)
         folder.mkdir(parents=True, exist_ok=True)
+        rule = replay.rule
+        run = self.runs.setdefault(rule.name, RuleRun(rule))
+        run.errors.extend(replay.fit_errors)
+        charts = self._charts.setdefault(rule.name, [])
+        if len(replay.times):
+            self._ends += [float(replay.times[0]), float(replay.times[-1])]
         added = []
         for i, summary in enumerate(replay.summary()):
-            name = self._unique(replay.rule.name, series_name(summary.labels))
+            name = self._unique(rule.name, series_name(summary.labels))
             csv_path, svg_path = folder / f"{name}.csv", folder / f"{name}.svg"
             _write_csv(csv_path, replay, i, stamps)
-            svg_path.write_text(svg(f"{replay.rule.name} {name}", replay.times, replay.y[i], replay.yhat[i],
-                                    replay.lower[i], replay.upper[i], replay.score[i] > 1.0))
+            plot = reduce(replay.times, replay.y[i], replay.yhat[i], replay.lower[i], replay.upper[i], replay.score[i])
+            unit, title = expr_unit(rule.expr, summary.labels), f"{rule.name} / {name}"
+            svg_path.write_text(svg(title, plot, rule.level, unit))
+            charts.append(html_report.chart_data(title, plot, rule.level, unit))
+            run.series.append((name, summary))
             row = Row(replay.rule.name, name, summary, replay.rule.level, str(csv_path.relative_to(self.out)),
                       str(svg_path.relative_to(self.out)))
             self.rows.append(row)
@@ -68,11 +82,23 @@ class BacktestReport:
         self.out.mkdir(parents=True, exist_ok=True)
         with (self.out / "summary.csv").open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(("rule", "series", "points", "scored", "anomalies", "coverage", "level"))
+            writer.writerow(("rule", "series", "points", "scored", "warmup", "anomalies", "coverage", "level",
+                             "first_scored"))
             for r in self.rows:
                 s = r.summary
-                writer.writerow((r.rule, r.series, s.points, s.scored, s.anomalies, _fmt(s.coverage), r.level / 100))
-        (self.out / "index.html").write_text(self._index())
+                first = iso(s.first_scored) if np.isfinite(s.first_scored) else ""
+                writer.writerow((r.rule, r.series, s.points, s.scored, s.warmup, s.anomalies, _round(s.coverage),
+                                 _round(r.level / 100), first))
+        runs = list(self.runs.values())
+        page = html_report.render(runs, [self._charts[r.rule.name] for r in runs], self._span())
+        (self.out / "index.html").write_text(page, encoding="utf-8")
+
+    def text(self) -> str:
+        """The summary for a terminal: one table per rule, and its warm-up note."""
+        return text_summary(list(self.runs.values()), str(self.out))
+
+    def _span(self) -> tuple[float, float] | None:
+        return (min(self._ends[0::2]), max(self._ends[1::2])) if self._ends else None
 
     def _unique(self, rule: str, name: str) -> str:
         candidate, n = name, 1
@@ -81,27 +107,6 @@ class BacktestReport:
             candidate = f"{name}-{n}"
         self._names.add((rule, candidate))
         return candidate
-
-    def _index(self) -> str:
-        lines = ["<!doctype html><html><head><meta charset='utf-8'><title>oa-exporter backtest</title>",
-                 "<style>body{font-family:sans-serif;margin:1em}td,th{padding:2px 8px;text-align:right}"
-                 "td:nth-child(-n+2),th:nth-child(-n+2){text-align:left}</style></head><body>",
-                 "<h1>oa-exporter backtest</h1><table><tr><th>rule</th><th>series</th><th>points</th>"
-                 "<th>scored</th><th>anomalies (score &gt; 1)</th><th>band coverage</th><th>level</th></tr>"]
-        for r in self.rows:
-            s = r.summary
-            lines.append(f"<tr><td>{html.escape(r.rule)}</td><td><a href='{html.escape(r.csv)}'>"
-                         f"{html.escape(r.series)}</a></td><td>{s.points}</td><td>{s.scored}</td>"
-                         f"<td>{s.anomalies}</td><td>{_fmt(s.coverage)}</td><td>{r.level / 100:g}</td></tr>")
-        lines.append("</table>")
-        shown = sorted(self.rows, key=lambda r: -r.summary.anomalies)[:INDEX_PLOTS]
-        for r in shown:
-            lines.append(f"<h3>{html.escape(r.rule)} / {html.escape(r.series)}</h3>")
-            lines.append((self.out / r.plot).read_text())
-        if len(self.rows) > len(shown):
-            lines.append(f"<p>{len(self.rows) - len(shown)} more plots beside their CSV files.</p>")
-        lines.append("</body></html>")
-        return "\n".join(lines)
 
 
 def series_name(labels: Mapping[str, str]) -> str:
@@ -131,6 +136,10 @@ def _write_csv(path: Path, replay: Replay, row: int, stamps: Sequence[str] | Non
 
 def _fmt(value: float) -> str:
     return "" if not np.isfinite(value) else repr(float(value))
+
+
+def _round(value: float) -> str:
+    return "" if not np.isfinite(value) else f"{round(float(value), 6):g}"
 
 
 def _slug(text: str) -> str:

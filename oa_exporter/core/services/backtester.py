@@ -68,27 +68,46 @@ class Replay:
     fit_errors: list[str] = field(default_factory=list)  # failed fits and failed band refreshes
 
     def summary(self) -> list[SeriesSummary]:
-        """Per series: points, points scored, anomalies (score > 1) and the band's empirical coverage."""
-        scored = ~np.isnan(self.score)
+        """Per series: points, points scored, warm-up, anomalies (score > 1) and the band's empirical coverage."""
+        present, scored = ~np.isnan(self.y), ~np.isnan(self.score)
         inside = scored & (self.y >= self.lower) & (self.y <= self.upper)
-        points = np.count_nonzero(~np.isnan(self.y), axis=1)
+        points = np.count_nonzero(present, axis=1)
         counted = np.count_nonzero(scored, axis=1)
         anomalies = np.count_nonzero(scored & (self.score > 1.0), axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             coverage = np.count_nonzero(inside, axis=1) / counted
+        # warm-up: the samples before the first scored one; its span from the series' first sample
+        times = np.append(self.times.astype(float), np.nan)  # index len(times): "never"
+        cycles = scored.shape[1]
+        first = np.where(scored.any(axis=1), scored.argmax(axis=1), cycles)
+        warmup = np.count_nonzero(present & (np.arange(cycles)[None, :] < first[:, None]), axis=1)
+        started = np.where(present.any(axis=1), present.argmax(axis=1), cycles)
         return [SeriesSummary(dict(self.labels[i]), int(points[i]), int(counted[i]), int(anomalies[i]),
-                              float(coverage[i])) for i in range(len(self.keys))]
+                              float(coverage[i]), int(warmup[i]), float(times[started[i]]), float(times[first[i]]))
+                for i in range(len(self.keys))]
 
 
 @dataclass(frozen=True)
 class SeriesSummary:
-    """One series of a replay in numbers; coverage is NaN when nothing was scored."""
+    """One series of a replay in numbers; coverage is NaN when nothing was scored.
+
+    warmup: the points with a sample before the first scored one (all of them when none was scored): the
+    series had less than min_history of its own history, or no model fitted on it yet.
+    """
 
     labels: Mapping[str, str]
     points: int
     scored: int
     anomalies: int
     coverage: float
+    warmup: int = 0
+    first_time: float = float("nan")  # the series' first sample in the replay
+    first_scored: float = float("nan")  # the first scored cycle; NaN when none was
+
+    @property
+    def warmup_seconds(self) -> float:
+        """From the series' first sample to its first score (NaN when nothing was scored)."""
+        return self.first_scored - self.first_time
 
 
 class Backtester:
