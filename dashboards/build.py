@@ -27,6 +27,19 @@ def panel(kind: str, title: str, targets: list[dict], grid: tuple[int, int, int,
             "overrides": []}), "options": extra.pop("options", {}), **extra}
 
 
+def row(title: str, y: int, panels: list[dict] | None = None) -> dict:
+    """A row; given `panels` it starts collapsed and holds them (they query only once it is opened)."""
+    return {"type": "row", "title": title, "datasource": DS, "gridPos": {"x": 0, "y": y, "w": 24, "h": 1},
+            "collapsed": panels is not None, "panels": panels or []}
+
+
+def own_labels(expr: str) -> str:
+    """The series without the `job` and `instance` of the exporter itself: a rule whose expr aggregates them
+    away has none of its own, and Prometheus attaches the scrape target's even under honor_labels."""
+    return (f'label_replace(label_replace({expr}, "job", "", "instance", "$exporter"), '
+            f'"instance", "", "instance", "$exporter")')
+
+
 def thresholds(*steps: tuple[str, float | None]) -> dict:
     return {"mode": "absolute", "steps": [{"color": c, "value": v} for c, v in steps]}
 
@@ -40,6 +53,17 @@ def variable_query(name: str, query: str, multi: bool = False) -> dict:
     return {"type": "query", "name": name, "label": name, "datasource": DS, "refresh": 2, "sort": 1,
             "query": {"query": query, "refId": f"{name}-variable"}, "definition": query, "current": {},
             "multi": multi, "includeAll": multi, "allValue": ".*" if multi else None, "options": []}
+
+
+def variable_rule(multi: bool = False) -> dict:
+    """Rules from oa_rule_series: every loaded rule, those still in warm-up (no score yet) included."""
+    return variable_query("rule", "label_values(oa_rule_series, rule)", multi=multi)
+
+
+def variable_exporter() -> dict:
+    """Hidden: the exporters' own `instance` values, to tell their labels from the series' own."""
+    return {**variable_query("exporter", "label_values(oa_build_info, instance)", multi=True), "hide": 2,
+            "allValue": None, "current": {"text": "All", "value": "$__all"}}
 
 
 def variable_text(name: str, label: str, default: str = "") -> dict:
@@ -72,35 +96,47 @@ def overview() -> dict:
         panel("timeseries", "Highest anomaly score per rule",
               [target(f"max by (rule) (oa_anomaly_score{rules})", "{{rule}}")], (12, 4, 12, 9),
               fieldConfig=score_fc),
-        panel("table", "Worst offenders now", [target(f"topk(20, oa_anomaly_score{rules})", instant=True)],
+        panel("table", "Worst offenders now", [target(own_labels(f"topk(20, oa_anomaly_score{rules})"),
+                                                      instant=True)],
               (0, 13, 24, 10), options={"sortBy": [{"displayName": "Value", "desc": True}]},
               transformations=[{"id": "labelsToFields", "options": {}}]),
-    ], [variable_datasource(), variable_query("rule", "label_values(oa_anomaly_score, rule)", multi=True)])
+    ], [variable_datasource(), variable_rule(multi=True), variable_exporter()])
 
 
 def rule_detail() -> dict:
     sel = '{rule="$rule",$filter}'
     band = {"defaults": {"custom": {"fillOpacity": 0}}, "overrides": [
         {"matcher": {"id": "byFrameRefID", "options": "C"},
-         "properties": [{"id": "custom.fillBelowTo", "value": "lower"}, {"id": "custom.fillOpacity", "value": 20}]},
+         "properties": [{"id": "custom.fillBelowTo", "value": "band lower"},
+                        {"id": "custom.fillOpacity", "value": 20}]},
         {"matcher": {"id": "byFrameRefID", "options": "E"},
          "properties": [{"id": "custom.drawStyle", "value": "points"}, {"id": "custom.pointSize", "value": 8},
                         {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}]},
     ]}
+    by = "{{$legend}}"  # the series' own label the user picked; the exporter's instance never shows
     return dashboard("oa-rule", "OpenAnomaly / Rule detail", [
         panel("timeseries", "Value against its forecast band", [
-            target(f"oa_y{sel}", "y {{instance}}", "A"),
-            target(f"oa_yhat{sel}", "forecast", "B"),
-            target(f"oa_yhat_upper{sel}", "upper", "C"),
-            target(f"oa_yhat_lower{sel}", "lower", "D"),
-            target(f"oa_y{sel} and (oa_anomaly_score{sel} > 1)", "anomaly", "E"),
-        ], (0, 0, 24, 12), fieldConfig=band),
-        panel("timeseries", "Anomaly score (1 = edge of the band)", [target(f"oa_anomaly_score{sel}")],
+            target(own_labels(f"oa_y{sel}"), f"y {by}", "A"),
+            target(own_labels(f"oa_yhat{sel}"), f"forecast (yhat) {by}", "B"),
+            target(own_labels(f"oa_yhat_upper{sel}"), "band upper", "C"),  # fixed names: the fill between them
+            target(own_labels(f"oa_yhat_lower{sel}"), "band lower", "D"),
+            target(own_labels(f"oa_y{sel} and (oa_anomaly_score{sel} > 1)"), f"anomaly (score > 1) {by}", "E"),
+        ], (0, 0, 18, 12), fieldConfig=band,
+              description="For one series: narrow the rule's series with the series matchers. The forecast band "
+                          "is shaded between `band upper` and `band lower`; y, the forecast and the anomalies are "
+                          "named by the series label picked in `legend` (an aggregated expr's series carry no "
+                          "instance of their own: the exporter's is left out)."),
+        panel("stat", "Band coverage, last hour", [target('max(oa_band_coverage_ratio{rule="$rule"})',
+                                                          instant=True)], (18, 0, 6, 12),
+              fieldConfig={"defaults": {"unit": "percentunit", "decimals": 2}, "overrides": []}),
+        panel("timeseries", "Anomaly score (1 = edge of the band)", [target(own_labels(f"oa_anomaly_score{sel}"),
+                                                                             f"score {by}")],
               (0, 12, 24, 8), fieldConfig={"defaults": {"thresholds": thresholds(("green", None), ("red", 1)),
                                                         "custom": {"thresholdsStyle": {"mode": "line"}}},
                                            "overrides": []}),
-    ], [variable_datasource(), variable_query("rule", "label_values(oa_anomaly_score, rule)"),
-        variable_text("filter", "Series matchers (e.g. instance=\"web-1\")")])
+    ], [variable_datasource(), variable_rule(), variable_exporter(),
+        variable_text("filter", "Series matchers (e.g. instance=\"web-1\")"),
+        variable_text("legend", "Series label in the legend (e.g. instance, service)", "instance")])
 
 
 def exporter_health() -> dict:
@@ -135,10 +171,36 @@ def exporter_health() -> dict:
         panel("timeseries", "Unhealthy rules", [target("oa_rule_healthy == 0", "{{rule}}")], (0, 28, 12, 8)),
         panel("timeseries", "Model age", [target("max by (rule) (oa_model_age_seconds)", "{{rule}}")], (12, 28, 12, 8),
               fieldConfig={"defaults": {"unit": "s"}, "overrides": []}),
-        *remote_write(36),
-        *jobs(60),
-        *shards(84),
+        *quality(36),
+        row("Training and band jobs", 52),
+        *jobs(53),
+        row("Shards", 69),
+        *shards(70),
+        row("Remote write: empty unless a receiver is configured (--remote-write.url or --remote-write.config-file)",
+            78, remote_write(79)),
     ], [variable_datasource()])
+
+
+def quality(y: int) -> list[dict]:
+    """What tells a rule's bands or inputs are off: coverage against the level, fallbacks, query and store errors."""
+    per_rule = "sum by (rule) (0 * oa_rule_healthy)"  # a 0 per rule while a counter has no series yet
+    ratio = {"defaults": {"unit": "percentunit", "min": 0, "max": 1, "decimals": 2}, "overrides": []}
+    return [
+        panel("timeseries", "Band coverage per rule, last hour (near forecast.level when the bands are right)",
+              [target("max by (rule) (oa_band_coverage_ratio)", "{{rule}}")], (0, y, 12, 8), fieldConfig=ratio),
+        panel("timeseries", "Series fitted by the fallback model", [target(
+            f"sum by (rule) (increase(oa_fit_fallback_series_total[{RATE}])) or {per_rule}", "{{rule}}")],
+              (12, y, 12, 8)),
+        panel("timeseries", "TSDB query failures", [target(
+            f"sum by (rule, kind) (increase(oa_query_failures_total[{RATE}])) or on (rule) {per_rule}",
+            "{{rule}} {{kind}}")], (0, y + 8, 12, 8)),
+        panel("timeseries", "Model store errors and refused models", [
+            target(f"sum by (rule, operation) (increase(oa_artifact_failures_total[{RATE}])) or on (rule) "
+                   f"{per_rule}", "failed {{operation}} {{rule}}", "A"),
+            target(f"sum by (rule, reason) (increase(oa_artifact_rejected_total[{RATE}])) or on (rule) "
+                   f"{per_rule}", "refused {{reason}} {{rule}}", "B"),
+        ], (12, y + 8, 12, 8)),
+    ]
 
 
 def shards(y: int) -> list[dict]:

@@ -25,7 +25,16 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
 ALERTS = ROOT / "rules" / "alerts"
-VARIABLES = {"$__rate_interval": "1m", "$rule": "requests", "$filter": 'instance="host-00"'}
+VARIABLES = {"$__rate_interval": "1m", "$rule": "requests", "$filter": 'instance="host-00"',
+             "$exporter": "127.0.0.1:[0-9]+"}
+
+
+def panels(board: dict) -> list[dict]:
+    """Every panel that queries: those at the top level and those inside collapsed rows."""
+    found = []
+    for p in board["panels"]:
+        found += p.get("panels", []) if p["type"] == "row" else [p]
+    return found
 
 
 def test_alert_rules_pass_promtool_check_and_their_unit_tests():
@@ -48,7 +57,8 @@ def test_dashboards_are_valid_grafana_models_with_a_datasource_variable(path):
     model = Dashboard.from_json(board)
     assert model.title == board["title"] and len(model.panels) == len(board["panels"]) > 0
     assert board["templating"]["list"][0]["type"] == "datasource"
-    assert {json.dumps(p["datasource"]) for p in board["panels"]} == {'{"type": "prometheus", "uid": "${datasource}"}'}
+    assert {json.dumps(p["datasource"]) for p in board["panels"] + panels(board)} == {
+        '{"type": "prometheus", "uid": "${datasource}"}'}
     uids = re.findall(r'"uid": "([^"]*)"', path.read_text())
     assert set(uids) - {board["uid"]} == {"${datasource}"}  # no hard-coded datasource UID
     encoded = json.loads(json.dumps(model, cls=JSONEncoder))  # Grafana's model, written back out
@@ -59,7 +69,7 @@ def test_dashboards_are_valid_grafana_models_with_a_datasource_variable(path):
 def expressions() -> list[tuple[str, str]]:
     found = []
     for path in DASHBOARDS:
-        for panel in json.loads(path.read_text())["panels"]:
+        for panel in panels(json.loads(path.read_text())):
             found += [(f"{path.stem}: {panel['title']}", t["expr"]) for t in panel["targets"]]
     return found
 
