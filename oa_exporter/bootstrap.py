@@ -88,7 +88,8 @@ def tsdb_client(settings: Settings) -> PrometheusClient:
         bearer_token_file=settings.bearer_token_file, ca_file=settings.ca_file, cert_file=settings.cert_file,
         key_file=settings.key_file, insecure_skip_verify=settings.insecure_skip_verify, headers=headers,
     )
-    return PrometheusClient(settings.prometheus_url, auth, settings.query_timeout, settings.query_retries)
+    return PrometheusClient(settings.prometheus_url, auth, settings.query_timeout, settings.query_retries,
+                            max_samples=settings.max_samples_per_query)
 
 
 def artifact_key(settings: Settings) -> bytes | None:

@@ -53,6 +53,10 @@ class Settings:
         "--prometheus.timeout", "OA_PROMETHEUS_TIMEOUT", "seconds before a TSDB query is abandoned"))
     query_retries: int = field(default=3, metadata=_opt(
         "--prometheus.retries", "OA_PROMETHEUS_RETRIES", "retries of a failed TSDB query (with backoff)"))
+    max_samples_per_query: int = field(default=2_000_000, metadata=_opt(
+        "--prometheus.max-samples-per-query", "OA_PROMETHEUS_MAX_SAMPLES_PER_QUERY",
+        "series × points one range query may return; reads of more are split in time (below the server's own "
+        "limit, e.g. Prometheus --query.max-samples, 50M by default; a refused chunk is halved and retried)"))
     basic_auth_user: str = field(default="", metadata=_opt(
         "--prometheus.basic-auth.username", "OA_PROMETHEUS_BASIC_AUTH_USERNAME", "basic auth user"))
     basic_auth_password_file: str = field(default="", metadata=_opt(

@@ -6,8 +6,9 @@ import numpy as np
 import orjson
 import pytest
 
-from oa_exporter.adapters.tsdb import prometheus
-from oa_exporter.adapters.tsdb.prometheus import _fast_vector, _parsed_vector, _split
+from oa_exporter.adapters.tsdb import matrix
+from oa_exporter.adapters.tsdb.matrix import split
+from oa_exporter.adapters.tsdb.prometheus import _fast_vector, _parsed_vector
 
 
 def body(n: int) -> bytes:
@@ -20,7 +21,7 @@ def body(n: int) -> bytes:
 
 def test_a_body_of_many_blocks_parses_as_the_json_parser_reads_it():
     data = body(40_000)
-    assert len(data) > 2 * prometheus.BLOCK
+    assert len(data) > 2 * matrix.BLOCK
     fast, full = _fast_vector(data, 1.0), _parsed_vector(data, 1.0)
     assert fast is not None and fast.keys == full.keys
     np.testing.assert_array_equal(fast.values, full.values)
@@ -30,5 +31,5 @@ def test_a_body_of_many_blocks_parses_as_the_json_parser_reads_it():
 @pytest.mark.parametrize("block", [1, 5, 64, 1 << 20])
 @pytest.mark.parametrize("text", [b"", b"abc", b"<>", b"x<>y<>", b"<><>", b"head" + b"<>a" * 1000])
 def test_split_a_block_at_a_time_is_split(monkeypatch, block, text):
-    monkeypatch.setattr(prometheus, "BLOCK", block)
-    assert _split(text, b"<>") == text.split(b"<>")
+    monkeypatch.setattr(matrix, "BLOCK", block)
+    assert split(text, b"<>") == text.split(b"<>")

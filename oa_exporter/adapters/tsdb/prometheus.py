@@ -1,8 +1,13 @@
 """Prometheus HTTP API client (aiohttp): Prometheus, VictoriaMetrics, Thanos, Mimir, Cortex.
 
-Range queries are split into chunks below Prometheus's 11,000-points-per-series limit and fetched
-concurrently; transient failures (connection errors, timeouts, 5xx, 429) are retried with backoff;
-a query the server rejects (400/422: bad PromQL, too many samples) fails at once with its message.
+Range queries stay inside the server's limits on their own: each chunk spans at most 10,000 points (below
+Prometheus's 11,000 per series) and at most `max_samples` series × points, the series count learned from
+the expression's last instant query or from a first short chunk. PromQL results cannot be split by series in
+general (an arbitrary expression has no selector to narrow), so a chunk is narrowed in time instead, down to
+one point. A chunk the server still refuses for its size is halved and retried, and the expression's
+budget lowered for later reads. Chunks are fetched concurrently and written into the result as they arrive.
+Transient failures (connection errors, timeouts, 5xx, 429) are retried with backoff; any other query the
+server rejects (400/422: bad PromQL) fails at once with its message.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import base64
 import functools
 import logging
 import ssl
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,20 +27,30 @@ import aiohttp
 import numpy as np
 import orjson
 
-from ...core.domain import InstantVector, SeriesKey, SeriesMatrix
+from ...core.domain import InstantVector, SeriesMatrix
 from ...core.errors import QueryError, TsdbError
+from .matrix import METRIC, Grid, MatrixBuilder, parse_chunk, series_key, split
+from .series_split import Piece, groups, splittable
 
 log = logging.getLogger(__name__)
 MAX_POINTS_PER_QUERY = 10_000  # Prometheus refuses more than 11,000 points per series in one range query
+DEFAULT_MAX_SAMPLES = 2_000_000  # series × points per range query: 1/25 of Prometheus's --query.max-samples
+LOOKBACK = 300.0  # Prometheus's default lookback delta: the series an instant query can return
+PROBE_POINTS = 60  # the first chunk of an expression whose series count is not known yet
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+LIMIT_STATUS = {400, 422, 503}
+# What servers say when a query would read too much; a narrower time range gets under each of these.
+SAMPLE_LIMITS = (
+    "too many samples",  # Prometheus, Thanos: query processing would load too many samples into memory
+    "maxsamplesperquery", "maxsamplesperseries", "maxpointspertimeseries",  # VictoriaMetrics -search.*
+    "exceeded maximum resolution",  # Prometheus: more than 11,000 points per series
+    "max number of chunks", "maximum number of chunks", "max-fetched-chunks", "chunks size limit",  # Cortex, Mimir
+    "max-fetched-chunk-bytes", "too many chunks", "max-samples",
+)
 
 
-METRIC = b'{"metric":'
-
-
-def series_key(metric: dict[str, str]) -> bytes:
-    """Identity of a series from its parsed labels: the compact JSON of the label object, in its order."""
-    return orjson.dumps(metric)
+class SampleLimitError(QueryError):
+    """The server refused a range query for the samples it would load: a narrower chunk may pass."""
 
 
 class _LabelsOfKeys(Sequence[Mapping[str, str]]):
@@ -109,39 +125,157 @@ class PrometheusClient:
         retries: int = 3,
         backoff: float = 0.5,
         max_concurrency: int = 4,
+        max_samples: int = DEFAULT_MAX_SAMPLES,
     ):
         self.url = url.rstrip("/")
         self.auth = auth or HttpAuth()
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.max_concurrency = max_concurrency
+        self.max_samples = max(max_samples, 1)
         self._limit = asyncio.Semaphore(max_concurrency)
         self._session: aiohttp.ClientSession | None = None
+        self._series: dict[str, int] = {}  # per expression: how many series it returned last
+        self._budgets: dict[str, int] = {}  # per expression: samples per query after the server refused more
+        self._instant_groups: dict[str, int] = {}  # per bare selector refused whole: series per instant query
 
     async def query(self, expr: str, at: float) -> InstantVector:
-        body = await self._call("query", {"query": expr, "time": _fmt(at)})
+        if expr in self._instant_groups:
+            vector = await self._query_in_groups(expr, at)
+        else:
+            try:
+                vector = await self._instant(expr, at)
+            except SampleLimitError as e:
+                if not splittable(expr):
+                    raise
+                log.warning("the TSDB refused an instant query (%s): reading %r a group of series at a time from "
+                            "now on", e, expr)
+                self._instant_groups[expr] = 0
+                vector = await self._query_in_groups(expr, at)
+        self._learn(expr, len(vector.keys))
+        return vector
+
+    async def _instant(self, query: str, at: float) -> InstantVector:
+        body = await self._call("query", {"query": query, "time": _fmt(at)})
         return await asyncio.to_thread(_instant_vector, body, at)  # 100k series parse for ~0.5 s: off the loop
 
+    async def _query_in_groups(self, expr: str, at: float) -> InstantVector:
+        """An instant query of a bare selector as groups of its series, halved while the server refuses them."""
+        series = await self._list_series(expr, at - LOOKBACK, at)
+        size = self._instant_groups[expr] or max(1, len(series) // 2)
+        pending = deque(groups(expr, series, size, 0, 1))
+        parts: list[InstantVector] = []
+        while pending:
+            piece = pending.popleft()
+            try:
+                parts.append(await self._instant(piece.query, at))
+            except SampleLimitError:
+                if len(piece.values) < 2:
+                    raise
+                pending.extendleft(reversed(piece.halves(expr)))
+                size = min(size, max(1, len(piece.values) // 2))
+        self._instant_groups[expr] = size
+        keys = [key for part in parts for key in part.keys]
+        values = np.concatenate([part.values for part in parts]) if parts else np.empty(0)
+        return InstantVector(keys, _LabelsOfKeys(keys), values, at)
+
     async def query_range(self, expr: str, start: float, end: float, step: float) -> SeriesMatrix:
-        points = int(round((end - start) / step)) + 1
-        chunks = [
-            (start + i * step, start + min(i + MAX_POINTS_PER_QUERY, points) * step - step)
-            for i in range(0, points, MAX_POINTS_PER_QUERY)
-        ]
-        parts = await asyncio.gather(*(self._range_chunk(expr, a, b, step) for a, b in chunks))
-        return _assemble(parts, start, step, points)
+        grid = Grid(start, step, int(round((end - start) / step)) + 1)
+        builder = MatrixBuilder(grid, self._series.get(expr, 0))
+        pending = deque(await self._plan(expr, grid))  # pieces still to read
+        if not pending[0].series:  # one short chunk first tells how many series the expression has
+            while pending and not await self._read_next(expr, builder, pending, PROBE_POINTS):
+                pass
+            self._learn(expr, len(builder.rows))
+        try:
+            async with asyncio.TaskGroup() as readers:
+                for _ in range(self.max_concurrency):
+                    readers.create_task(self._read_all(expr, builder, pending))
+        except ExceptionGroup as failed:  # the first failure, as one read of the whole range would raise it
+            raise failed.exceptions[0] from None
+        self._learn(expr, len(builder.rows))
+        return builder.matrix()
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
 
-    async def _range_chunk(self, expr: str, start: float, end: float, step: float) -> list[dict]:
-        params = {"query": expr, "start": _fmt(start), "end": _fmt(end), "step": _fmt(step)}
-        data = await asyncio.to_thread(_data, await self._call("query_range", params))
-        if data["resultType"] != "matrix":
-            raise QueryError(f"expected a range vector (matrix), got {data['resultType']}")
-        return data["result"]
+    def chunk_points(self, expr: str, series: int) -> int:
+        """Points per series in one range query of `expr`, when it returns `series` series."""
+        return max(1, min(MAX_POINTS_PER_QUERY, self._budget(expr) // max(series, 1)))
+
+    def _budget(self, expr: str) -> int:
+        return self._budgets.get(expr, self.max_samples)
+
+    def _learn(self, expr: str, series: int) -> None:
+        if len(self._series) > 10_000 and expr not in self._series:  # expressions of rules long removed
+            self._series.clear()
+        self._series[expr] = series
+
+    async def _plan(self, expr: str, grid: Grid) -> list[Piece]:
+        """The whole read as one piece, or a bare selector too wide for the budget as groups of its series."""
+        whole = Piece(expr, self._series.get(expr, 0), 0, grid.points)
+        width = min(grid.points, MAX_POINTS_PER_QUERY)
+        if not splittable(expr) or (whole.series and whole.series * width <= self._budget(expr)):
+            return [whole]
+        series = await self._list_series(expr, grid.start, grid.time(grid.points - 1))
+        self._learn(expr, len(series))
+        return groups(expr, series, max(1, self._budget(expr) // width), 0, grid.points) if series else [whole]
+
+    async def _list_series(self, expr: str, start: float, end: float) -> list[dict[str, str]]:
+        """The label sets of a selector's series over a time range: the index only, no samples."""
+        body = await self._call("series", {"match[]": expr, "start": _fmt(start), "end": _fmt(end)})
+        result = await asyncio.to_thread(_data, body)
+        return result if isinstance(result, list) else []
+
+    async def _read_all(self, expr: str, builder: MatrixBuilder, pending: deque[Piece]) -> None:
+        while pending:
+            series = pending[0].series or max(self._series.get(expr, 0), len(builder.rows))
+            await self._read_next(expr, builder, pending, self.chunk_points(expr, series))
+
+    async def _read_next(self, expr: str, builder: MatrixBuilder, pending: deque[Piece], width: int) -> bool:
+        """Read the next chunk of at most `width` points; one the server refuses for its size goes back split
+        (a group of series in halves, else its columns in halves) and False is returned."""
+        piece = pending.popleft()
+        if piece.last - piece.first > width:
+            pending.appendleft(piece.narrowed(piece.first + width, piece.last))
+            piece = piece.narrowed(piece.first, piece.first + width)
+        try:
+            await self._range_chunk(piece, builder)
+            return True
+        except SampleLimitError as e:
+            columns = piece.last - piece.first
+            if len(piece.values) > 1:
+                pending.extendleft(reversed(piece.halves(expr)))
+            elif not piece.values and splittable(expr) and (series := await self._list_series(
+                    expr, builder.grid.time(piece.first), builder.grid.time(piece.last - 1))) and len(series) > 1:
+                pending.extendleft(reversed(groups(expr, series, (len(series) + 1) // 2, piece.first, piece.last)))
+            elif columns > 1:
+                pending.appendleft(piece.narrowed(piece.first, piece.first + columns // 2))
+                pending.insert(1, piece.narrowed(piece.first + columns // 2, piece.last))
+            else:
+                raise QueryError(f"{e} (even one point of every series is too many: narrow the expr)") from e
+            self._halve(expr, (piece.series or len(builder.rows)) * columns, e)
+            return False
+
+    def _halve(self, expr: str, refused: int, error: SampleLimitError) -> None:
+        if not refused:  # how many series is not known yet: the chunk was halved, the budget stays
+            return
+        budget = max(1, min(self._budget(expr), refused // 2))
+        if expr not in self._budgets:
+            log.warning("the TSDB refused a range query of about %d samples (%s): reading %r in chunks of at most "
+                        "%d samples from now on (lower --prometheus.max-samples-per-query to avoid the refusals)",
+                        refused, error, expr, budget)
+        self._budgets[expr] = budget
+
+    async def _range_chunk(self, piece: Piece, builder: MatrixBuilder) -> None:
+        grid = builder.grid
+        params = {"query": piece.query, "start": _fmt(grid.time(piece.first)),
+                  "end": _fmt(grid.time(piece.last - 1)), "step": _fmt(grid.step)}
+        body = await self._call("query_range", params)
+        await asyncio.to_thread(lambda: builder.add(parse_chunk(body)))
 
     async def _call(self, endpoint: str, params: dict[str, str]) -> bytes:
         for attempt in range(self.retries + 1):
@@ -183,6 +317,8 @@ def _raise_for(status: int, body: bytes, url: str) -> None:
     except orjson.JSONDecodeError:
         message = body[:200].decode(errors="replace")
     error = f"{url}: HTTP {status}: {message}"
+    if status in LIMIT_STATUS and any(limit in message.lower() for limit in SAMPLE_LIMITS):
+        raise SampleLimitError(error)
     if status in RETRYABLE_STATUS:
         raise TsdbError(error)
     raise QueryError(error)
@@ -213,7 +349,7 @@ def _fast_vector(body: bytes, at: float) -> InstantVector | None:
     head = body[:200]
     if b'"status":"success"' not in head or b'"resultType":"vector"' not in head:
         return None
-    pieces = _split(body, METRIC)[1:]  # '{"metric":' cannot occur inside a JSON string: quotes are escaped
+    pieces = split(body, METRIC)[1:]  # '{"metric":' cannot occur inside a JSON string: quotes are escaped
     cuts = [piece.find(VALUE) for piece in pieces]  # ints and bytes only: no 100k tuples for the GC to chase
     if not cuts or -1 in cuts:
         return None
@@ -225,25 +361,8 @@ def _fast_vector(body: bytes, at: float) -> InstantVector | None:
     return InstantVector(keys, _LabelsOfKeys(keys), values, at)
 
 
-# This parse runs on a thread beside the threads answering scrapes, and a C call holds the GIL until it
-# returns: splitting a 19 MB body in one call held it ~50 ms, converting 100k numbers in one call ~55 ms.
-# Both go a block at a time.
-SLICE = 4096
-BLOCK = 1 << 20
+SLICE = 4096  # numbers converted a block at a time: one C call holds the GIL until it returns
 VALUE = b',"value":['
-
-
-def _split(body: bytes, separator: bytes) -> list[bytes]:
-    """`body.split(separator)`, a block of about BLOCK bytes at a time."""
-    pieces: list[bytes] = []
-    start = 0
-    while start < len(body) or not pieces:
-        cut = body.find(separator, start + BLOCK)
-        end = len(body) if cut < 0 else cut
-        block = body[start:end].split(separator)
-        pieces.extend(block if start == 0 else block[1:])  # later blocks start with the separator
-        start = end
-    return pieces
 
 
 def _parsed_vector(body: bytes, at: float) -> InstantVector:
@@ -256,29 +375,6 @@ def _parsed_vector(body: bytes, at: float) -> InstantVector:
     keys = [series_key(item["metric"]) for item in result]
     values = np.array([item["value"][1] for item in result], dtype=np.float64)
     return InstantVector(keys, [item["metric"] for item in result], values, at)
-
-
-def _assemble(parts: list[list[dict]], start: float, step: float, points: int) -> SeriesMatrix:
-    """Stitch chunked matrix results into one (series × points) grid; NaN where no sample."""
-    rows: dict[SeriesKey, int] = {}
-    labels: list[dict[str, str]] = []
-    pieces: list[tuple[int, np.ndarray, np.ndarray]] = []
-    for part in parts:
-        for item in part:
-            key = series_key(item["metric"])  # the same bytes as the fast instant path: compact, in order
-            row = rows.setdefault(key, len(rows))
-            if row == len(labels):
-                labels.append(item["metric"])
-            samples = item["values"]
-            times = np.fromiter((s[0] for s in samples), np.float64, len(samples))
-            values = np.array([s[1] for s in samples], dtype=np.float64)
-            pieces.append((row, times, values))
-    matrix = np.full((len(rows), points), np.nan)
-    for row, times, values in pieces:
-        columns = np.rint((times - start) / step).astype(np.int64)
-        inside = (columns >= 0) & (columns < points)
-        matrix[row, columns[inside]] = values[inside]
-    return SeriesMatrix(list(rows), labels, start, step, matrix)
 
 
 def _scalar_vector(result: list, at: float) -> InstantVector:
