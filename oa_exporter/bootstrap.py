@@ -63,6 +63,10 @@ def default_model(settings: Settings, engines: Mapping[str, ModelEngine]) -> Mod
     return ModelSpec(settings.model_engine, engine.default_model, {})
 
 
+# the pyproject extra that installs each optional engine's library
+ENGINE_EXTRAS = {"mlforecast": "mlforecast", "neuralforecast": "neural", "darts": "darts", "sklearn": "sklearn"}
+
+
 def model_checker(engines: Mapping[str, ModelEngine]) -> Callable[[ModelSpec], None]:
     """Validates a rule's model spec against the engines, for `check` and every load."""
 
@@ -70,7 +74,11 @@ def model_checker(engines: Mapping[str, ModelEngine]) -> Callable[[ModelSpec], N
         engine = engines.get(spec.engine)
         if engine is None:
             raise ValueError(f"unknown engine {spec.engine!r} (available: {', '.join(sorted(engines))})")
-        engine.validate(spec)
+        try:
+            engine.validate(spec)
+        except ImportError as e:  # the engine's library is an optional extra
+            extra = ENGINE_EXTRAS.get(engine.name, "all")
+            raise ValueError(f"engine {spec.engine} needs `pip install 'oa-exporter[{extra}]'` ({e})") from e
 
     return check
 
@@ -183,6 +191,7 @@ class App:
     rules: RuleSet | None = None
     rules_version: str = ""
     shards: Callable[[], Shard] = Shard  # this replica's shard layout, read again at every (re)load
+    reload_problems: list[str] = field(default_factory=list)  # why the last load failed, file:line first
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def load_rules(self) -> bool:
@@ -190,16 +199,18 @@ class App:
         async with self._reloading:
             if self.output is not None:
                 await self.output.start()  # safe to call again
-            self.rules_version = await asyncio.to_thread(self._version)
             try:
+                self.rules_version = await asyncio.to_thread(self._version)
                 shard = await asyncio.to_thread(self.shards)
                 rules = await asyncio.to_thread(self.rules_store.load)
-            except (RuleError, ValueError, OSError) as e:
-                for problem in e.problems if isinstance(e, RuleError) else [str(e)]:
+            except Exception as e:  # noqa: BLE001 - any failure to load is a failed reload, never a dead watcher
+                self.reload_problems = _problems_of(e)
+                for problem in self.reload_problems:
                     log.error("rules not loaded, the previous rules stay in force: %s", problem)
                 self.telemetry.rules_loaded(None, False, self.clock())
                 self.page.flush()  # the failure shows on /metrics now, not at the next cycle
                 return False
+            self.reload_problems = []
             self.rules = rules
             self.runner.reshard(shard)
             await self.runner.apply(rules)
@@ -221,7 +232,12 @@ class App:
                     await asyncio.wait_for(poked.wait(), poll_interval)
                     await asyncio.sleep(0.2)  # let an editor or a ConfigMap swap finish writing
                 poked.clear()
-                if await asyncio.to_thread(self._version) != self.rules_version:
+                try:
+                    changed = await asyncio.to_thread(self._version) != self.rules_version
+                except Exception as e:  # noqa: BLE001 - the watcher keeps going; the next look decides
+                    log.warning("cannot read the rules files: %s", e)
+                    continue
+                if changed:
                     await self.load_rules()
         finally:
             watcher.stop()
@@ -382,6 +398,14 @@ def backtester(history: SeriesMatrix) -> Backtester:
     tsdb, telemetry = ReplayTsdb(history), typing.cast(Telemetry, NullTelemetry())
     trainer = Trainer(tsdb, engines, NoopArtifactStore(), InlineDispatcher(), telemetry, keep=1)
     return Backtester(trainer, Inferencer(tsdb, engines, telemetry))
+
+
+def _problems_of(error: Exception) -> list[str]:
+    """The file:line messages of a failed load; another failure in one line, with its traceback at debug."""
+    if isinstance(error, RuleError):
+        return [str(p) for p in error.problems]
+    log.debug("loading the rules failed", exc_info=error)
+    return [f"loading the rules failed: {type(error).__name__}: {error}"]
 
 
 def _header(text: str) -> tuple[str, str]:

@@ -42,6 +42,9 @@ class Settings:
         "--prometheus-url", "OA_PROMETHEUS_URL", "base URL of the Prometheus-API TSDB to read from"))
     web_listen_address: str = field(default=f":{DEFAULT_PORT}", metadata=_opt(
         "--web.listen-address", "OA_WEB_LISTEN_ADDRESS", "address to serve /metrics and the API on"))
+    web_enable_lifecycle: bool = field(default=False, metadata=_opt(
+        "--web.enable-lifecycle", "OA_WEB_ENABLE_LIFECYCLE",
+        "allow POST/PUT /-/reload (403 otherwise); SIGHUP and the rules watcher reload regardless"))
     worker_listen_address: str = field(default="", metadata=_opt(
         "--worker.listen-address", "OA_WORKER_LISTEN_ADDRESS",
         "where `oa-exporter worker` serves its own /metrics and /-/healthy, e.g. :10101 (empty: nowhere)"))

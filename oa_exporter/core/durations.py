@@ -9,6 +9,9 @@ _PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
 _WHOLE = re.compile(r"^(?:\d+(?:ms|s|m|h|d|w|y))+$")
 
 
+MAX_SECONDS = 100 * 365 * 86400
+
+
 def parse_duration(text: str) -> float:
     """Seconds in a Prometheus duration string; ValueError if it is not one."""
     if not isinstance(text, str) or not _WHOLE.match(text):
@@ -16,6 +19,8 @@ def parse_duration(text: str) -> float:
     seconds = sum(int(n) * _UNITS[unit] for n, unit in _PART.findall(text))
     if seconds <= 0:
         raise ValueError(f"duration {text!r} must be positive")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"duration {text!r} is longer than 100 years")
     return float(seconds)
 
 

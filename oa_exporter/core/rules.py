@@ -48,9 +48,10 @@ class _Context:
     check_model: ModelChecker
     problems: list[Problem] = field(default_factory=list)
     rule: str = ""
+    near: int = 1  # the line of the list item being checked: where a value that carries no line is
 
     def report(self, message: str, node: Any = None, key: str | None = None) -> None:
-        self.problems.append(Problem(message, self.file, _line(node, key), self.rule))
+        self.problems.append(Problem(message, self.file, _line(node, key) or self.near, self.rule))
 
 
 def build_rule_set(
@@ -65,7 +66,7 @@ def build_rule_set(
     for document in documents:
         ctx = _Context(document.path, default_model, check_expr, check_model)
         groups.extend(_groups(document.content, ctx))
-        problems.extend(ctx.problems)
+        problems.extend(sorted(ctx.problems, key=lambda p: p.line))  # in line order, stable within a line
     problems.extend(_duplicate_rules(groups))
     if problems:
         raise RuleError(problems)
@@ -82,7 +83,8 @@ def _groups(content: Any, ctx: _Context) -> list[RuleGroup]:
         ctx.report("'groups' must be a list", content, "groups")
         return []
     groups, seen = [], set()
-    for node in content["groups"]:
+    for i, node in enumerate(content["groups"]):
+        ctx.near = _item_line(content["groups"], i, ctx.near)
         group = _group(node, ctx)
         if group and group.name in seen:
             ctx.report(f'group name "{group.name}" is repeated in the same file', node, "name")
@@ -93,20 +95,36 @@ def _groups(content: Any, ctx: _Context) -> list[RuleGroup]:
 
 
 def _group(node: Any, ctx: _Context) -> RuleGroup | None:
+    """The group, or None when anything in it is wrong; its rules are checked even when the group is not."""
     ctx.rule = ""
-    if not _is_mapping(node, "a group", ctx) or not _known_keys(node, GROUP_KEYS, "group", ctx):
+    if not _is_mapping(node, "a group", ctx):
         return None
+    keys_ok = _known_keys(node, GROUP_KEYS, "group", ctx)
     name = node.get("name")
     if not isinstance(name, str) or not name:
         ctx.report("group must have a non-empty 'name'", node)
-        return None
+        name = None
     interval = _duration(node, "interval", DEFAULT_INTERVAL, ctx)
     rules_node = node.get("rules", [])
     if not isinstance(rules_node, list):
-        ctx.report(f'group "{name}": \'rules\' must be a list', node, "rules")
+        ctx.report(f'group "{name or ""}": \'rules\' must be a list', node, "rules")
         return None
-    rules = [_rule(r, name, interval, ctx) for r in rules_node]
+    rules = []
+    for i, rule_node in enumerate(rules_node):
+        ctx.near = _item_line(rules_node, i, ctx.near)
+        rules.append(_checked_rule(rule_node, name or "", interval, ctx))
+    if not keys_ok or name is None:
+        return None
     return RuleGroup(name, interval or DEFAULT_INTERVAL, tuple(r for r in rules if r), ctx.file)
+
+
+def _checked_rule(node: Any, group: str, interval: float | None, ctx: _Context) -> Rule | None:
+    """The rule, with any failure of validation itself reported at the rule instead of raised."""
+    try:
+        return _rule(node, group, interval, ctx)
+    except Exception as e:  # noqa: BLE001 - a checker that fails is a problem of this rule, not of the load
+        ctx.report(f"cannot check this rule: {type(e).__name__}: {e}", node)
+        return None
 
 
 def _rule(node: Any, group: str, interval: float | None, ctx: _Context) -> Rule | None:
@@ -296,6 +314,11 @@ def _duplicate_rules(groups: list[RuleGroup]) -> list[Problem]:
             problems.append(Problem(f"rule name is not unique (first defined at {where})", rule.file, rule.line,
                                     rule.name))
     return problems
+
+
+def _item_line(items: list, index: int, default: int) -> int:
+    lines = getattr(items, "item_lines", None)
+    return int(lines[index]) if lines and index < len(lines) else default
 
 
 def _line(node: Any, key: str | None = None) -> int:

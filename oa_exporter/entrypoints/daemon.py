@@ -73,7 +73,7 @@ async def serve(settings: Settings, app: App | None = None, stop: asyncio.Event 
         log.error("the rules are invalid; not starting (run `oa-exporter check` on them)")
         await app.close()
         return 1
-    web_runner = await _start_web(app, settings.web_listen_address)
+    web_runner = await _start_web(app, settings.web_listen_address, settings.web_enable_lifecycle)
     _install_signals(app, stop)
     watching = asyncio.create_task(app.watch_rules(settings.rules_poll_interval), name="watch-rules")
     if settings.rules_poll_interval <= 0:
@@ -102,9 +102,10 @@ class WebServer:
         await self.runner.cleanup()
 
 
-async def _start_web(app: App, address: str) -> WebServer:
+async def _start_web(app: App, address: str, enable_lifecycle: bool = False) -> WebServer:
     host, port = listen_address(address)
-    routes = make_app(app.page, lambda: app.rules is not None, app.load_rules, app.rules_status)
+    routes = make_app(app.page, lambda: app.rules is not None, app.load_rules, app.rules_status,
+                      lambda: app.reload_problems, enable_lifecycle)
     runner = web.AppRunner(routes, access_log=None)
     await runner.setup()
     front = ScrapeFront(app.page.page, CONTENT_TYPE, _hand_over_to(runner))

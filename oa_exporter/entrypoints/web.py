@@ -20,6 +20,8 @@ def make_app(
     is_ready: Callable[[], bool],
     reload: Callable[[], Awaitable[bool]],
     rules: Callable[[], list[RuleStatus]] = list,
+    reload_problems: Callable[[], list[str]] = list,
+    enable_lifecycle: bool = False,
 ) -> web.Application:
     """The aiohttp application; handlers only translate HTTP to calls on what they are given."""
 
@@ -41,9 +43,12 @@ def make_app(
         return web.Response(status=503, text="Service Unavailable\n")
 
     async def do_reload(request: web.Request) -> web.Response:
+        if not enable_lifecycle:  # as Prometheus: reloading over HTTP is opt-in; SIGHUP and the watcher are not
+            return web.Response(status=403, text="Lifecycle API is not enabled.\n")
         if await reload():
             return web.Response(text="rules reloaded\n")
-        return web.Response(status=500, text="failed to reload rules; the previous rules stay in force\n")
+        reasons = "".join(f"{problem}\n" for problem in reload_problems())
+        return web.Response(status=400, text=f"failed to reload rules; the previous rules stay in force:\n{reasons}")
 
     async def landing(request: web.Request) -> web.Response:
         return web.Response(text=LANDING, content_type="text/html")

@@ -62,7 +62,7 @@ class Daemon:
         self.url = f"http://127.0.0.1:{self.port}/metrics"
         self.settings = Settings(
             rules=(str(rules),), prometheus_url=prometheus.url, web_listen_address=f"127.0.0.1:{self.port}",
-            artifact_dir=str(tmp_path / "models"), pool_workers=1, rules_poll_interval=1.0,
+            artifact_dir=str(tmp_path / "models"), pool_workers=1, rules_poll_interval=1.0, web_enable_lifecycle=True,
         )
         self.stop = asyncio.Event()
 
@@ -102,7 +102,8 @@ async def test_edits_reload_only_what_changed_and_bad_edits_keep_the_old_rules(p
         found = await scrape(daemon.url)
         assert scored("requests")(found) and scored("subset")(found)  # the old rules keep serving
         async with aiohttp.ClientSession() as session, session.post(daemon.url.replace("metrics", "-/reload")) as r:
-            assert r.status == 500
+            assert r.status == 400
+            assert f"{rules / 'a.yaml'}:" in await r.text() and "'stepp'" in await r.text()
 
         (rules / "a.yaml").write_text(rule("requests", extra="        labels: {team: sre}\n"))
         found = await until(daemon.url, lambda f: value(f, "oa_anomaly_score", rule="requests", team="sre") is not None)

@@ -31,8 +31,8 @@ async def server():
         reloads.append(time.time())
         return True
 
-    app = SimpleNamespace(page=page, rules=object(), load_rules=load_rules, rules_status=list)
-    web = await daemon._start_web(app, "127.0.0.1:0")
+    app = SimpleNamespace(page=page, rules=object(), load_rules=load_rules, rules_status=list, reload_problems=[])
+    web = await daemon._start_web(app, "127.0.0.1:0", enable_lifecycle=True)
     web.reloads = reloads
     yield web
     await web.cleanup()
@@ -109,7 +109,7 @@ async def test_headers_in_two_packets_and_connection_close(server):
 async def test_scrapes_beyond_the_thread_limit_are_still_answered():
     page = ExpositionPage(extra=lambda: PAGE_TEXT)
     page.flush()
-    app = SimpleNamespace(page=page, rules=object(), load_rules=None, rules_status=list)
+    app = SimpleNamespace(page=page, rules=object(), load_rules=None, rules_status=list, reload_problems=[])
     web = await daemon._start_web(app, "127.0.0.1:0")
     web.front._slots = threading.BoundedSemaphore(1)  # one scrape thread
     try:

@@ -100,7 +100,8 @@ def _model_class(name: str) -> type:
 
     model_class = getattr(models, name, None)
     if not inspect.isclass(model_class) or name.startswith("_"):
-        raise ValueError(f"statsforecast has no model {name!r} (e.g. AutoETS, AutoARIMA, MSTL, AutoTheta)")
+        raise ValueError(f"statsforecast has no model {name!r} (the default is {DEFAULT_MODEL}; others are e.g. "
+                         "AutoETS, AutoARIMA, MSTL, AutoTheta)")
     return model_class
 
 
