@@ -57,7 +57,7 @@ def test_every_chart_draws_with_its_title_legend_and_score_panel(page_file: Path
                 assert figure.locator("canvas").count() == 2  # the values and, on its own panel, the score
                 legend = [t.strip().rstrip(":") for t in figure.locator(".u-legend th").all_inner_texts()]
                 assert legend == ["time (UTC)", "band 99 % (lower)", "band 99 % (upper)", "forecast (yhat)", "y",
-                                  "anomaly (score > 1)", "warm-up (not scored)",
+                                  "anomaly (score > 1)", "warm-up (not scored: min_history 1d)",
                                   "time (UTC)", "anomaly score", "threshold 1"]
         finally:
             browser.close()

@@ -101,6 +101,7 @@ def test_the_svg_plot_has_a_title_a_legend_two_panels_the_threshold_and_the_warm
     assert legend == ["y (the series)", "forecast (yhat)", "band (99.99 %)", "anomaly (score > 1)",
                       "anomaly score", "threshold 1", "warm-up (not scored)"]
     assert len(root.findall(f"{SVG}rect[@class='warmup']")) == 2  # shaded on both panels
+    assert "warm-up: min_history 1d" in texts  # and why
     assert root.findall(f"{SVG}line[@class='threshold']")
     assert root.findall(f"{SVG}polyline[@class='score']") and root.findall(f"{SVG}polygon[@class='band']")
     assert "value (s)" in texts and "anomaly score" in texts
@@ -139,6 +140,7 @@ def test_index_html_is_one_self_contained_page_with_every_series(backtest):
                                           "slow_start / file=b"]
     assert all(d["warmup"] and d["warmup"][1] > d["warmup"][0] for d in data)
     assert data[0]["unit"] == "s" and data[0]["level"] == "99.99"
+    assert [d["warmup_reason"] for d in data] == ["min_history 1d"] * 2 + ["min_history 2d"] * 2
     assert any("uPlot" in s for s in page.text["script"])
     assert [t for t in page.text["h2"]] == [b.splitlines()[0] for b in printed.split("\n\n")[:2]]
     assert sum(1 for tag, _ in page.tags if tag == "table") == 2  # one table per rule

@@ -68,8 +68,8 @@ class BacktestReport:
             _write_csv(csv_path, replay, i, stamps)
             plot = reduce(replay.times, replay.y[i], replay.yhat[i], replay.lower[i], replay.upper[i], replay.score[i])
             unit, title = expr_unit(rule.expr, summary.labels), f"{rule.name} / {name}"
-            svg_path.write_text(svg(title, plot, rule.level, unit))
-            charts.append(html_report.chart_data(title, plot, rule.level, unit))
+            svg_path.write_text(svg(title, plot, rule.level, unit, rule.min_history))
+            charts.append(html_report.chart_data(title, plot, rule.level, unit, rule.min_history))
             run.series.append((name, summary))
             row = Row(replay.rule.name, name, summary, replay.rule.level, str(csv_path.relative_to(self.out)),
                       str(svg_path.relative_to(self.out)))

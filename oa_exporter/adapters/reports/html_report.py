@@ -16,6 +16,7 @@ from importlib import resources
 
 import numpy as np
 
+from ...core.durations import format_duration
 from .plot_data import PlotSeries, stamp
 from .summary import RuleRun, heading, table_rows, warmup_note
 
@@ -32,7 +33,7 @@ figure.series{margin:1.5em 0}
 """
 
 
-def chart_data(title: str, plot: PlotSeries, level: float, unit: str | None) -> str:
+def chart_data(title: str, plot: PlotSeries, level: float, unit: str | None, min_history: float = 0.0) -> str:
     """One series' chart as the JSON the page's script draws (rounded to 6 significant digits, null: none)."""
     scores = plot.score[np.isfinite(plot.score)]
     return json.dumps({
@@ -42,6 +43,7 @@ def chart_data(title: str, plot: PlotSeries, level: float, unit: str | None) -> 
         "upper": _numbers(plot.upper), "score": _numbers(plot.score), "flagged": _numbers(plot.flagged),
         "score_max": float(scores.max()) if len(scores) else None,
         "warmup": list(plot.warmup) if plot.warmup else None,
+        "warmup_reason": f"min_history {format_duration(min_history)}" if min_history else "",
     }, separators=(",", ":"), allow_nan=False)
 
 

@@ -43,12 +43,16 @@ function clock(t) {
 const timeAxis = { values: (u, ticks) => ticks.map((t, i) => (i === 0 || t % 86400 === 0) ? day(t) : clock(t)) };
 const timeSeries = { label: "time (UTC)", value: (u, t) => t == null ? "--" : day(t) + " " + clock(t) };
 
-function addWarmupKey(chart) {
+function addWarmupKey(chart, reason) {
   const legend = chart.root.querySelector(".u-legend");
   if (!legend) return;
   const row = document.createElement("tr");
   row.className = "u-series oa-warmup-key";
-  row.innerHTML = "<th><span class='key-warmup'></span> warm-up (not scored)</th>";
+  const cell = document.createElement("th");
+  const key = document.createElement("span");
+  key.className = "key-warmup";
+  cell.append(key, " warm-up (not scored" + (reason ? ": " + reason : "") + ")");
+  row.appendChild(cell);
   (legend.querySelector("tbody") || legend).appendChild(row);
 }
 
@@ -84,7 +88,7 @@ function draw(element) {
     axes: [timeAxis, { label: "anomaly score", size: 70, splits: () => [0, 1, ...[2, 5, 10].filter(v => v <= top && v >= top / 2.5)] }],
     hooks: { drawClear: [shadeWarmup(s.warmup)] },
   };
-  addWarmupKey(new uPlot(values, [s.t, s.lower, s.upper, s.yhat, s.y, s.flagged], element.querySelector(".values")));
+  addWarmupKey(new uPlot(values, [s.t, s.lower, s.upper, s.yhat, s.y, s.flagged], element.querySelector(".values")), s.warmup_reason);
   new uPlot(scores, [s.t, s.score, s.t.map(() => 1)], element.querySelector(".scores"));
 }
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ...core.durations import format_duration
 from .plot_data import PlotSeries, stamp, time_ticks, value_ticks
 from .units import si
 
@@ -25,8 +26,8 @@ COLOURS = {"y": "#222", "yhat": "#2b7bba", "band": "#9ecae1", "flagged": "#d6272
            "threshold": "#d62728", "score": "#6a3d9a"}
 
 
-def svg(title: str, plot: PlotSeries, level: float, unit: str | None) -> str:
-    """An SVG figure of one series; `title` names the rule and the series."""
+def svg(title: str, plot: PlotSeries, level: float, unit: str | None, min_history: float = 0.0) -> str:
+    """An SVG figure of one series; `title` names the rule and the series, `min_history` explains the warm-up."""
     values = np.concatenate([a[np.isfinite(a)] for a in (plot.y, plot.lower, plot.upper)])
     if len(plot.times) < 2 or not len(values):
         return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="40" font-family="sans-serif">'
@@ -45,7 +46,7 @@ def svg(title: str, plot: PlotSeries, level: float, unit: str | None) -> str:
         '<rect width="100%" height="100%" fill="#fff"/>',
         f'<text x="{LEFT}" y="18" font-size="14" font-weight="bold">{html.escape(title)}</text>',
         _legend(level),
-        _warmup(plot, top), _warmup(plot, bottom),
+        _warmup(plot, top, min_history), _warmup(plot, bottom, min_history),
         _axes(top, unit, "value" + (f" ({unit})" if unit else "")), _axes(bottom, None, "anomaly score"),
         _area(top, plot.times, plot.lower, plot.upper, COLOURS["band"]),
         _line(top, plot.times, plot.yhat, COLOURS["yhat"], "4 2", "forecast"),
@@ -94,11 +95,12 @@ def _legend(level: float) -> str:
     return "\n".join(parts)
 
 
-def _warmup(plot: PlotSeries, panel: _Panel) -> str:
+def _warmup(plot: PlotSeries, panel: _Panel, min_history: float) -> str:
     if plot.warmup is None:
         return ""
     x0, x1 = (float(v) for v in panel.x(np.array(plot.warmup)))
-    label = f'<text x="{x0 + 4:.1f}" y="{panel.top + 12}" fill="#777">warm-up</text>' if panel.top == VALUES[0] else ""
+    why = f"warm-up: min_history {format_duration(min_history)}" if min_history and x1 - x0 > 140 else "warm-up"
+    label = f'<text x="{x0 + 4:.1f}" y="{panel.top + 12}" fill="#777">{why}</text>' if panel.top == VALUES[0] else ""
     return (f'<rect class="warmup" x="{x0:.1f}" y="{panel.top}" width="{max(x1 - x0, 1):.1f}" '
             f'height="{panel.bottom - panel.top}" fill="{COLOURS["warmup"]}"/>' + label)
 
