@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from oa_exporter.adapters.dispatch.dask import DaskDispatcher
 from oa_exporter.adapters.dispatch.local_pool import LocalPoolDispatcher
 from oa_exporter.adapters.stores.local import LocalArtifactStore
 from oa_exporter.adapters.telemetry.null import NullTelemetry
@@ -68,6 +69,57 @@ async def local_pool_run(url: str, rules: list[Rule], workers: int, models: Path
     return seconds
 
 
+async def dask_run(url: str, rules: list[Rule], workers: int, models: Path, logs: Path) -> float:
+    """Wall seconds for every rule's Trainer.train at once, fits on a Dask cluster of `workers` workers."""
+    with DaskCluster(logs, workers) as cluster:
+        settings = Settings(prometheus_url=url, query_timeout=300)
+        tsdb, dask = tsdb_client(settings), DaskDispatcher(cluster.address, timeout=3600)
+        trainer = Trainer(tsdb, engine_registry(), LocalArtifactStore(models), dask, NullTelemetry())
+        try:
+            await trainer.train(rules[0], time.time() - 3600)  # warm, as for the pool: imports done on a worker
+            if workers > 1:  # ... and on the other
+                await asyncio.gather(*(trainer.train(r, time.time() - 1800) for r in rules[:workers]))
+            started = time.perf_counter()
+            await asyncio.gather(*(trainer.train(r, time.time()) for r in rules))
+            return time.perf_counter() - started
+        finally:
+            await dask.close()
+            await tsdb.close()
+
+
+class DaskCluster:
+    """`dask scheduler` and `workers` `dask worker` processes (1 thread each), every socket on loopback."""
+
+    def __init__(self, logs: Path, workers: int):
+        self.logs, self.size, self.port = logs, workers, _free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> DaskCluster:
+        self._spawn("scheduler", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(self.port),
+                    "--dashboard-address", "127.0.0.1:0")
+        _wait_port(self.port)
+        for i in range(self.size):
+            self._spawn(f"worker-{self.size}-{i}", "distributed.cli.dask_worker", self.address, "--host", "127.0.0.1",
+                        "--dashboard-address", "127.0.0.1:0", "--nworkers", "1", "--nthreads", "1",
+                        "--memory-limit", "4GB")
+        from distributed import Client
+
+        with Client(self.address, timeout=60) as client:
+            client.wait_for_workers(self.size, timeout=120)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:  # kill -9: a worker takes ~10 s to leave on SIGTERM
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def _spawn(self, name: str, module: str, *args: str) -> None:
+        with open(self.logs / f"dask-{name}.log", "ab") as out:
+            self.procs.append(subprocess.Popen([sys.executable, "-m", module, *args], stdout=out,
+                                               stderr=subprocess.STDOUT, start_new_session=True))
+
+
 async def celery_run(env: dict[str, str], rules: list[Rule], workers: int, logs: Path) -> float:
     """Wall seconds for every rule's job at once with `workers` worker processes (concurrency 1 each)."""
     settings = Settings.from_env(env)
@@ -90,7 +142,8 @@ async def celery_run(env: dict[str, str], rules: list[Rule], workers: int, logs:
         await queue.close()
 
 
-async def overhead(url: str, env: dict[str, str], rule_: Rule, models: Path, logs: Path, repeat: int) -> dict:
+async def overhead(url: str, env: dict[str, str], rule_: Rule, models: Path, logs: Path, repeat: int,
+                   celery: bool = True) -> dict:
     """Per-job cost above calling the engine directly, for a job whose own work is tiny."""
     settings = Settings(prometheus_url=url)
     engines = engine_registry()
@@ -104,24 +157,35 @@ async def overhead(url: str, env: dict[str, str], rule_: Rule, models: Path, log
 
     pool = LocalPoolDispatcher(1, timeout=600)
     pooled = Trainer(tsdb, engines, store, pool, NullTelemetry())
-    queued = QueuedTrainer(tsdb, engines, store, pool, NullTelemetry(), queue=celery_queue(Settings.from_env(env),
-                                                                                           NullTelemetry()))
-    proc = start_worker(env, logs / "worker-overhead.log")
+    cluster = DaskCluster(logs, 1).__enter__()
+    dask = DaskDispatcher(cluster.address, timeout=600)
+    on_dask = Trainer(tsdb, engines, store, dask, NullTelemetry())
+    jobs = [("direct", direct), ("pool", lambda: pooled.train(rule_, time.time())),
+            ("dask", lambda: on_dask.train(rule_, time.time()))]
+    proc, queued = None, None
+    if celery:
+        queued = QueuedTrainer(tsdb, engines, store, pool, NullTelemetry(),
+                               queue=celery_queue(Settings.from_env(env), NullTelemetry()))
+        proc = start_worker(env, logs / "worker-overhead.log")
+        jobs.append(("celery", lambda: queued.train(rule_, time.time())))
     try:
-        wait_log(logs / "worker-overhead.log", "ready.")
+        if proc is not None:
+            wait_log(logs / "worker-overhead.log", "ready.")
         timings = {}
-        for name, job in (("direct", direct), ("pool", lambda: pooled.train(rule_, time.time())),
-                          ("celery", lambda: queued.train(rule_, time.time()))):
+        for name, job in jobs:
             await job()  # warm
             started = time.perf_counter()
             for _ in range(repeat):
                 await job()
             timings[name] = (time.perf_counter() - started) / repeat
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
+        if proc is not None and queued is not None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+            await queued.queue.close()
         await pool.close()
-        await queued.queue.close()
+        await dask.close()
+        cluster.__exit__()
         await tsdb.close()
     return timings
 
@@ -178,6 +242,7 @@ async def main(description: str) -> None:
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/12")
     parser.add_argument("--repeat", type=int, default=10, help="jobs timed for the overhead")
     parser.add_argument("--skip-celery", action="store_true")
+    parser.add_argument("--skip-pool", action="store_true", help="only the dask (and celery) runs")
     args = parser.parse_args()
 
     source, url = start_source(args.rules + 1, args.series)
@@ -191,13 +256,21 @@ async def main(description: str) -> None:
         env = {"OA_DISPATCHER": "celery", "OA_CELERY_BROKER": args.broker, "OA_PROMETHEUS_URL": url,
                "OA_ARTIFACT_DIR": str(root / "models"), "OA_PROMETHEUS_TIMEOUT": "300", "OA_LOG_LEVEL": "info"}
         try:
-            for workers in (1, 2):
+            for workers in () if args.skip_pool else (1, 2):
                 seconds = await local_pool_run(url, rules, workers, root / "models")
                 result[f"pool_{workers}w_s"] = round(seconds, 2)
                 print(f"local pool, {workers} worker(s): {seconds:.2f} s for {args.rules} jobs "
                       f"({args.rules * args.series / seconds:.1f} series/s)", flush=True)
-            result["pool_speedup"] = round(result["pool_1w_s"] / result["pool_2w_s"], 2)
-            print(f"local pool speed-up, 2 workers over 1: {result['pool_speedup']:.2f}x (target >= 1.7x)")
+            if not args.skip_pool:
+                result["pool_speedup"] = round(result["pool_1w_s"] / result["pool_2w_s"], 2)
+                print(f"local pool speed-up, 2 workers over 1: {result['pool_speedup']:.2f}x (target >= 1.7x)")
+            for workers in (1, 2):
+                seconds = await dask_run(url, rules, workers, root / "models", root)
+                result[f"dask_{workers}w_s"] = round(seconds, 2)
+                print(f"dask, {workers} worker(s): {seconds:.2f} s for {args.rules} jobs "
+                      f"({args.rules * args.series / seconds:.1f} series/s)", flush=True)
+            result["dask_speedup"] = round(result["dask_1w_s"] / result["dask_2w_s"], 2)
+            print(f"dask speed-up, 2 workers over 1: {result['dask_speedup']:.2f}x (target >= 1.7x)")
             if not args.skip_celery:
                 purge(args.broker)
                 for workers in (1, 2):
@@ -207,12 +280,13 @@ async def main(description: str) -> None:
                           f"({args.rules * args.series / seconds:.1f} series/s)", flush=True)
                 result["celery_speedup"] = round(result["celery_1w_s"] / result["celery_2w_s"], 2)
                 print(f"celery speed-up, 2 workers over 1: {result['celery_speedup']:.2f}x (target >= 1.7x)")
-                timings = await overhead(url, env, tiny, root / "models", root, args.repeat)
-                for name in ("pool", "celery"):
-                    result[f"{name}_overhead_ms"] = round(1000 * (timings[name] - timings["direct"]), 1)
-                result["direct_job_ms"] = round(1000 * timings["direct"], 1)
-                print(f"one-series job: direct {1000 * timings['direct']:.1f} ms; dispatch overhead per job: "
-                      f"local pool {result['pool_overhead_ms']:.1f} ms, celery {result['celery_overhead_ms']:.1f} ms")
+            timings = await overhead(url, env, tiny, root / "models", root, args.repeat, not args.skip_celery)
+            for name in timings.keys() - {"direct"}:
+                result[f"{name}_overhead_ms"] = round(1000 * (timings[name] - timings["direct"]), 1)
+            result["direct_job_ms"] = round(1000 * timings["direct"], 1)
+            costs = ", ".join(f"{name} {result[f'{name}_overhead_ms']:.1f} ms"
+                              for name in ("pool", "dask", "celery") if name in timings)
+            print(f"one-series job: direct {1000 * timings['direct']:.1f} ms; dispatch overhead per job: {costs}")
         finally:
             source.kill()
     print(json.dumps(result))

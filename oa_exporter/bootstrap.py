@@ -281,8 +281,7 @@ def bootstrap(
     first = shard_layout(settings)
     if first.index > 0:  # shard 0 keeps the plain names: a single daemon's models stay when sharding starts
         store = ShardedArtifactStore(store, first.index)
-    dispatcher = dispatcher or LocalPoolDispatcher(settings.pool_workers or None, settings.job_timeout,
-                                                   settings.job_retries, telemetry)
+    dispatcher = dispatcher or job_dispatcher(settings, telemetry)
     page = ExpositionPage(extra=telemetry.render)
     if settings.dispatcher == "celery":
         if first.count > 1 or settings.shard_count_file:
@@ -317,6 +316,16 @@ def shard_layout(settings: Settings) -> Shard:
         raise ValueError(f"--shard.count {count} needs --shard.index (OA_SHARD_INDEX), or a hostname ending in "
                          "the pod's ordinal as a StatefulSet gives (openanomaly-2)")
     return Shard(settings.shard_index, count)
+
+
+def job_dispatcher(settings: Settings, telemetry: Telemetry) -> JobDispatcher:
+    """Where the daemon's fits run: its process pool, or a Dask cluster (imported only when chosen). With
+    celery, whole jobs go to the workers and the pool only serves what the daemon still fits itself."""
+    if settings.dispatcher == "dask":
+        from .adapters.dispatch.dask import DaskDispatcher
+
+        return DaskDispatcher(settings.dask_scheduler, settings.job_timeout, settings.job_retries, telemetry)
+    return LocalPoolDispatcher(settings.pool_workers or None, settings.job_timeout, settings.job_retries, telemetry)
 
 
 def celery_options(settings: Settings) -> CeleryOptions:

@@ -107,8 +107,8 @@ class Settings:
         "--artifact.s3.region", "OA_S3_REGION", "S3 region (empty: from the AWS configuration)"))
     dispatcher: str = field(default="local", metadata=_opt(
         "--dispatcher", "OA_DISPATCHER",
-        "where fits run: local (a process pool in the daemon) or celery (workers fed through OA_CELERY_BROKER)",
-        choices=("local", "celery")))
+        "where fits run: local (a process pool in the daemon), celery (workers fed through OA_CELERY_BROKER) or "
+        "dask (an existing Dask cluster at OA_DASK_SCHEDULER)", choices=("local", "celery", "dask")))
     pool_workers: int = field(default=0, metadata=_opt(
         "--pool.workers", "OA_POOL_WORKERS", "training processes (0 = cores - 1, at least 1)"))
     job_timeout: float = field(default=3600.0, metadata=_opt(
@@ -116,6 +116,9 @@ class Settings:
     job_retries: int = field(default=1, metadata=_opt(
         "--jobs.retries", "OA_JOB_RETRIES",
         "extra attempts of a job that timed out or whose process died (celery: also a TSDB outage)"))
+    dask_scheduler: str = field(default="", metadata=_opt(
+        "--dask.scheduler", "OA_DASK_SCHEDULER",
+        "scheduler of the Dask cluster the dask dispatcher sends fits to, e.g. tcp://dask-scheduler:8786"))
     celery_broker: str = field(default="", metadata=_opt(
         "--celery.broker", "OA_CELERY_BROKER",
         "broker of the celery dispatcher: redis://HOST:6379/0, amqp://USER:PASS@HOST:5672//, sqla+sqlite:///PATH"))

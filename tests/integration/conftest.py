@@ -13,6 +13,7 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:  # `tests.servers` importable under plain `pytest` too
     sys.path.insert(0, _ROOT)
 
+from tests.dask_cluster import DaskCluster  # noqa: E402
 from tests.servers import PrometheusServer, SeaweedS3Server, VictoriaMetricsServer  # noqa: E402
 
 
@@ -40,6 +41,13 @@ def seaweed(tmp_path_factory) -> Iterator[SeaweedS3Server]:
     """One real S3 server (SeaweedFS) for the session; each test takes its own bucket."""
     with SeaweedS3Server(tmp_path_factory.mktemp("seaweedfs")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory) -> Iterator[DaskCluster]:
+    """One real Dask cluster for the session: a scheduler and two single-threaded workers on loopback."""
+    with DaskCluster(tmp_path_factory.mktemp("dask")) as cluster:
+        yield cluster
 
 
 _buckets = itertools.count()

@@ -66,7 +66,8 @@ def by_kind(objects: list[dict], kind: str) -> dict[str, dict]:
 
 
 def pod_specs(objects: list[dict]) -> dict[str, dict]:
-    return {o["metadata"]["name"]: o["spec"]["template"]["spec"] for o in objects if o["kind"] in ("Deployment", "Job")}
+    return {o["metadata"]["name"]: o["spec"]["template"]["spec"] for o in objects
+            if o["kind"] in ("Deployment", "StatefulSet", "Job")}
 
 
 def oa_containers(objects: list[dict]) -> dict[str, dict]:
@@ -314,7 +315,16 @@ def test_shards_deploy_a_statefulset_whose_pods_read_the_count_from_a_configmap(
 
 def test_one_shard_stays_a_deployment_and_impossible_layouts_are_refused():
     assert "oa-openanomaly" in by_kind(render({"shards": 1}), "Deployment")
-    with pytest.raises(HelmError, match="shards > 1 needs dispatcher local"):
+    with pytest.raises(HelmError, match="shards > 1 needs dispatcher local or dask"):
         render({**SHARDED, "dispatcher": "celery", "celery": {"broker": "redis://r:6379/0"}})
     with pytest.raises(HelmError, match="existingClaim"):
         render({"shards": 2, "persistence": {"enabled": True, "existingClaim": "mine"}})
+
+
+def test_the_dask_dispatcher_names_its_scheduler_and_shards_with_it():
+    [container] = oa_containers(render({**SHARDED, "dispatcher": "dask",
+                                        "dask": {"scheduler": "tcp://dask:8786"}})).values()
+    assert env(container)["OA_DISPATCHER"] == "dask" and env(container)["OA_DASK_SCHEDULER"] == "tcp://dask:8786"
+    assert_settings_accept(env(container), "dask")
+    with pytest.raises(HelmError, match="dask.scheduler"):
+        render({"dispatcher": "dask"})

@@ -88,8 +88,11 @@ app.kubernetes.io/part-of: openanomaly
 
 {{/* Refuse settings that cannot work, with a message that says what to set */}}
 {{- define "openanomaly.validate" -}}
-{{- if not (has .Values.dispatcher (list "local" "celery")) -}}
-{{- fail (printf "dispatcher must be local or celery, not %q" .Values.dispatcher) -}}
+{{- if not (has .Values.dispatcher (list "local" "celery" "dask")) -}}
+{{- fail (printf "dispatcher must be local, celery or dask, not %q" .Values.dispatcher) -}}
+{{- end -}}
+{{- if and (eq .Values.dispatcher "dask") (not .Values.dask.scheduler) -}}
+{{- fail "dispatcher dask needs dask.scheduler: the address of your Dask cluster's scheduler, tcp://HOST:8786" -}}
 {{- end -}}
 {{- if not (has .Values.artifacts.store (list "local" "s3" "noop")) -}}
 {{- fail (printf "artifacts.store must be local, s3 or noop, not %q" .Values.artifacts.store) -}}
@@ -110,7 +113,7 @@ app.kubernetes.io/part-of: openanomaly
 {{- end -}}
 {{- if gt (int .Values.shards) 1 -}}
 {{- if eq .Values.dispatcher "celery" -}}
-{{- fail "shards > 1 needs dispatcher local: celery workers fit whole rules, not one shard's series" -}}
+{{- fail "shards > 1 needs dispatcher local or dask: celery workers fit whole rules, not one shard's series" -}}
 {{- end -}}
 {{- if .Values.persistence.existingClaim -}}
 {{- fail "shards > 1 cannot share persistence.existingClaim: each shard gets a claim of its own" -}}
@@ -148,6 +151,9 @@ app.kubernetes.io/part-of: openanomaly
 - name: OA_CELERY_RESULT_BACKEND
   value: {{ . | quote }}
 {{- end }}
+{{- else if eq .Values.dispatcher "dask" }}
+- name: OA_DASK_SCHEDULER
+  value: {{ .Values.dask.scheduler | quote }}
 {{- else if .Values.poolWorkers }}
 - name: OA_POOL_WORKERS
   value: {{ .Values.poolWorkers | quote }}
