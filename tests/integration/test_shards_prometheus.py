@@ -47,7 +47,7 @@ class Replica:
             rules=(str(tmp_path / "rules.yaml"),), prometheus_url=prometheus.url,
             web_listen_address=f"127.0.0.1:{port}", artifact_dir=str(tmp_path / "models"), pool_workers=1,
             query_retries=1, shard_count_file=str(tmp_path / "shards"), shard_index=index,
-            remote_write_queue_dir=str(tmp_path / f"queue-{index}"),
+            remote_write_queue_dir=str(tmp_path / f"queue-{index}"), web_enable_lifecycle=True,
         )
         self.stop = asyncio.Event()
         self.task = asyncio.create_task(serve(settings, stop=self.stop))
