@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .adapters.config.promql import check_promql
 from .adapters.config.watcher import RulesWatcher
+from .adapters.config.yaml_editor import YamlRulesEditor
 from .adapters.config.yaml_rules import YamlConfigStore
 from .adapters.dispatch.local_pool import LocalPoolDispatcher
 from .adapters.engines.darts import DartsEngine
@@ -27,10 +28,13 @@ from .adapters.stores.noop import NoopArtifactStore
 from .adapters.stores.sharded import ShardedArtifactStore
 from .adapters.telemetry.prometheus_client import PrometheusTelemetry
 from .adapters.tsdb.prometheus import HttpAuth, PrometheusClient
-from .core.domain import ModelSpec, Rule, RuleSet, RuleStatus
-from .core.errors import RuleError
-from .core.ports import ArtifactStore, JobDispatcher, JobQueue, ModelEngine, Telemetry, TsdbClient
+from .core.domain import ModelSpec, Rule, RuleSet, RuleStatus, StoredRule
+from .core.errors import ConflictError, NotFound, RuleError
+from .core.ports import ArtifactStore, JobDispatcher, JobQueue, ModelEngine, RulesEditor, Telemetry, TsdbClient
+from .core.rule_definition import definition
+from .core.rules import SourceDocument, build_rule_set
 from .core.services.inferencer import Inferencer
+from .core.services.preview import Preview, Previewer, PreviewLimits
 from .core.services.queued_trainer import QueuedTrainer
 from .core.services.runner import Runner
 from .core.services.trainer import Trainer
@@ -42,7 +46,7 @@ if TYPE_CHECKING:
     from .adapters.dispatch.celery import CeleryOptions
     from .adapters.sinks.remote_write import RemoteDestination
     from .core.domain import SeriesMatrix
-    from .core.services.backtester import Backtester
+    from .core.services.backtester import Backtester, Replay, Samples
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +196,9 @@ class App:
     rules_version: str = ""
     shards: Callable[[], Shard] = Shard  # this replica's shard layout, read again at every (re)load
     reload_problems: list[str] = field(default_factory=list)  # why the last load failed, file:line first
+    editor: RulesEditor | None = None  # the config store's write side, when it has one
+    previewer: Previewer | None = None
+    preview_pool: LocalPoolDispatcher | None = None
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def load_rules(self) -> bool:
@@ -251,9 +258,64 @@ class App:
         """Every rule's state, models and fits, for GET /api/v1/rules."""
         return self.runner.status(self.clock())
 
+    async def rule_detail(self, name: str, top: int = 20) -> dict[str, Any]:
+        """One rule for GET /api/v1/rules/NAME: as written and as in force, its state, top scores, fits."""
+        rule = next((r for r in self.rules.rules if r.name == name), None) if self.rules else None
+        stored = await asyncio.to_thread(self.editor.rule, name) if self.editor else None
+        if rule is None and stored is None:
+            raise NotFound(f"no rule named {name!r}")
+        status = next((s for s in self.rules_status() if s.name == name), None)
+        return {
+            "name": name, "group": stored.group if stored else rule.group if rule else None,
+            "etag": stored.etag if stored else None, "origin": stored.origin if stored else rule.file if rule else "",
+            "source": dict(stored.source) if stored else None,
+            "definition": definition(rule) if rule else None,  # None: written, not loaded yet
+            "status": asdict(status) if status else None,
+            "top_scores": self.runner.top_scores(name, top),
+            "fit_history": [asdict(f) for f in self.runner.fit_history(name)],
+        }
+
+    def parse_rule(self, source: Mapping[str, Any]) -> Rule:
+        """A rule's keys validated as a rules file's would be (RuleError with the same messages)."""
+        store = self.rules_store
+        wrapped = SourceDocument("<request>", {"groups": [{"name": "preview", "rules": [dict(source)]}]})
+        rules = build_rule_set([wrapped], store.default_model, store.check_expr, store.check_model)
+        return rules.rules[0]
+
+    async def preview(self, source: Mapping[str, Any], start: float, end: float,
+                      labels: Mapping[str, str] | None = None) -> tuple[Rule, Preview]:
+        """Replay a rule that is not saved over [start, end] of the live TSDB."""
+        assert self.previewer is not None, "bootstrap wires a previewer"
+        rule = self.parse_rule(source)
+        return rule, await self.previewer.preview(rule, start, end, labels)
+
+    async def put_rule(self, group: str, rule: Mapping[str, Any], if_match: str | None, who: str,
+                       dry_run: bool = False) -> StoredRule:
+        """Create or replace a rule in the config store, then reload through the usual path."""
+        editor = self._editor()
+        stored = await asyncio.to_thread(editor.put_rule, group, rule, if_match, dry_run)
+        if not dry_run:
+            log.info("rules API: %s wrote rule %s in group %s (%s, version %s)", who, stored.name, group,
+                     stored.origin, stored.etag)
+            await self.load_rules()
+        return stored
+
+    async def delete_rule(self, name: str, if_match: str | None, who: str) -> None:
+        """Remove a rule from the config store, then reload."""
+        await asyncio.to_thread(self._editor().delete_rule, name, if_match)
+        log.info("rules API: %s deleted rule %s", who, name)
+        await self.load_rules()
+
+    def _editor(self) -> RulesEditor:
+        if self.editor is None:
+            raise ConflictError(f"the {self.settings.config_store} config store cannot be written")
+        return self.editor
+
     async def close(self) -> None:
         """Stop scoring and training, release connections; safe to call twice."""
         await self.runner.close()
+        if self.preview_pool is not None:
+            await self.preview_pool.close()
         if self.output is not None:
             await self.output.close()  # after the runner: its last results are queued, not lost
         await self.dispatcher.close()
@@ -296,8 +358,27 @@ def bootstrap(
         inferencer = Inferencer(tsdb, engines, telemetry)
     output = result_sink(settings, page, telemetry)
     runner = Runner(trainer, inferencer, output, telemetry, clock)
-    return App(settings, config_store(settings, engines), tsdb, dispatcher, telemetry, page, runner, clock, store,
-               output=output, queue=queue, shards=lambda: shard_layout(settings))
+    rules_store = config_store(settings, engines)
+    preview_pool = LocalPoolDispatcher(1, settings.preview_timeout, retries=0)
+    limits = PreviewLimits(settings.preview_max_series, settings.preview_max_points, settings.preview_timeout)
+    return App(settings, rules_store, tsdb, dispatcher, telemetry, page, runner, clock, store,
+               output=output, queue=queue, editor=YamlRulesEditor(rules_store),
+               previewer=Previewer(tsdb, _replay_in(preview_pool), limits, clock), preview_pool=preview_pool,
+               shards=lambda: shard_layout(settings))
+
+
+def _replay_in(pool: LocalPoolDispatcher) -> Callable[[Rule, SeriesMatrix, Samples, float], Awaitable[Replay]]:
+    """Previews replayed in a child process of their own pool: killable at the time limit, never on the loop."""
+
+    async def run(rule: Rule, history: SeriesMatrix, samples: Samples, timeout: float) -> Replay:
+        return await pool.run(replay_in_child, rule, history, samples)
+
+    return run
+
+
+def replay_in_child(rule: Rule, history: SeriesMatrix, samples: Samples) -> Replay:
+    """Replay one rule over history held in memory (in a worker process) with the daemon's services."""
+    return asyncio.run(backtester(history).replay(rule, samples))
 
 
 def shard_layout(settings: Settings) -> Shard:

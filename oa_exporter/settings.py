@@ -45,6 +45,16 @@ class Settings:
     web_enable_lifecycle: bool = field(default=False, metadata=_opt(
         "--web.enable-lifecycle", "OA_WEB_ENABLE_LIFECYCLE",
         "allow POST/PUT /-/reload (403 otherwise); SIGHUP and the rules watcher reload regardless"))
+    web_enable_rules_api: bool = field(default=False, metadata=_opt(
+        "--web.enable-rules-api", "OA_WEB_ENABLE_RULES_API",
+        "allow writing rules through the HTTP API and the web UI (PUT/DELETE /api/v1/rules/NAME); off: 403"))
+    preview_max_series: int = field(default=1000, metadata=_opt(
+        "--preview.max-series", "OA_PREVIEW_MAX_SERIES", "series one preview (POST /api/v1/preview) may replay"))
+    preview_max_points: int = field(default=20_000_000, metadata=_opt(
+        "--preview.max-points", "OA_PREVIEW_MAX_POINTS",
+        "points (series x steps, the train.window before the range included) one preview may read"))
+    preview_timeout: float = field(default=60.0, metadata=_opt(
+        "--preview.timeout", "OA_PREVIEW_TIMEOUT", "seconds a preview may run before it is stopped (504)"))
     worker_listen_address: str = field(default="", metadata=_opt(
         "--worker.listen-address", "OA_WORKER_LISTEN_ADDRESS",
         "where `oa-exporter worker` serves its own /metrics and /-/healthy, e.g. :10101 (empty: nowhere)"))

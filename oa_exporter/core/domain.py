@@ -249,3 +249,25 @@ class RuleStatus:
     error: str | None
     fingerprint: str
     shard: Mapping[str, int] = field(default_factory=dict)  # index, count; series it owns of the query's total
+
+
+@dataclass(frozen=True)
+class StoredRule:
+    """A rule as its config store holds it: its keys as written, its group, where it is, and its version."""
+
+    name: str
+    group: str
+    source: Mapping[str, Any]  # the rule's keys as in the rules file (plain data)
+    etag: str
+    origin: str = ""  # the file (or table) holding it
+
+
+@dataclass(frozen=True)
+class FitEvent:
+    """One fit of a rule, as its fit history shows it."""
+
+    started_at: float
+    finished_at: float
+    ok: bool
+    error: str = ""
+    series: int = 0  # series the model covers (0 when the fit failed)

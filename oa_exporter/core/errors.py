@@ -86,3 +86,19 @@ class ArtifactRejected(ArtifactError):
 
 class SinkError(OAError):
     """A result sink could not be set up, e.g. its remote-write queue is held by another process."""
+
+
+class ConflictError(OAError):
+    """A write to the rules cannot be done as asked: the caller's version is stale, or the store is read-only."""
+
+
+class NotFound(OAError):
+    """No rule of that name."""
+
+
+class PreviewError(OAError):
+    """A preview was refused or could not finish: too large, timed out, or another one is running."""
+
+    def __init__(self, message: str, status: int = 422):
+        self.status = status  # the HTTP status the API answers with
+        super().__init__(message)

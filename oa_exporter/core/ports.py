@@ -19,6 +19,7 @@ from .domain import (
     RuleScores,
     RuleSet,
     SeriesMatrix,
+    StoredRule,
 )
 from .jobs import BandsJob, TrainingJob, TrainingOutcome
 
@@ -193,3 +194,22 @@ class Telemetry(Protocol):
 
     def forget_rule(self, rule: Rule) -> None:
         """Drop every per-rule metric of a removed rule."""
+
+
+class RulesEditor(Protocol):
+    """The write side of a config store: one rule at a time, checked against the version the caller read.
+
+    Every write is validated with the whole rule set it would make, as a load would, and is all or nothing.
+    Raises RuleError (invalid), ConflictError (stale `if_match`, or a read-only store), NotFound.
+    """
+
+    def rule(self, name: str) -> StoredRule | None:
+        """The rule as stored, or None."""
+
+    def put_rule(self, group: str, rule: Mapping[str, Any], if_match: str | None,
+                 dry_run: bool = False) -> StoredRule:
+        """Create or replace the rule `rule["anomaly"]` in `group` (created when new); return it as stored
+        (with `dry_run`: validate only, write nothing)."""
+
+    def delete_rule(self, name: str, if_match: str | None) -> None:
+        """Remove the rule (and its group, once empty)."""

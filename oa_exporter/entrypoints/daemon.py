@@ -105,7 +105,8 @@ class WebServer:
 async def _start_web(app: App, address: str, enable_lifecycle: bool = False) -> WebServer:
     host, port = listen_address(address)
     routes = make_app(app.page, lambda: app.rules is not None, app.load_rules, app.rules_status,
-                      lambda: app.reload_problems, enable_lifecycle)
+                      lambda: app.reload_problems, enable_lifecycle, app,
+                      app.settings.web_enable_rules_api)
     runner = web.AppRunner(routes, access_log=None)
     await runner.setup()
     front = ScrapeFront(app.page.page, CONTENT_TYPE, _hand_over_to(runner))

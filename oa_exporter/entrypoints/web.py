@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from ..adapters.sinks.exposition import CONTENT_TYPE, ExpositionPage
 from ..core.domain import RuleStatus
+
+if TYPE_CHECKING:
+    from ..bootstrap import App
 
 LANDING = """<html><head><title>OpenAnomaly exporter</title></head><body>
 <h1>OpenAnomaly exporter</h1><p><a href="/metrics">Metrics</a></p>
@@ -22,6 +26,8 @@ def make_app(
     rules: Callable[[], list[RuleStatus]] = list,
     reload_problems: Callable[[], list[str]] = list,
     enable_lifecycle: bool = False,
+    api: App | None = None,
+    writable: bool = False,
 ) -> web.Application:
     """The aiohttp application; handlers only translate HTTP to calls on what they are given."""
 
@@ -59,4 +65,8 @@ def make_app(
         web.post("/-/reload", do_reload), web.put("/-/reload", do_reload), web.get("/", landing),
         web.get("/api/v1/rules", api_rules),
     ])
+    if api is not None:
+        from .rules_api import add_rules_api
+
+        add_rules_api(app, api, writable)
     return app

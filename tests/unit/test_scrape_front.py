@@ -17,6 +17,7 @@ import pytest
 from oa_exporter.adapters.sinks.exposition import ExpositionPage
 from oa_exporter.entrypoints import daemon
 from oa_exporter.entrypoints.scrape_front import ScrapeFront, parse_scrape
+from oa_exporter.settings import Settings
 
 PAGE_TEXT = b"".join(b'oa_y{rule="r",i="%d"} %d.5\n' % (i, i) for i in range(5000))
 
@@ -31,7 +32,8 @@ async def server():
         reloads.append(time.time())
         return True
 
-    app = SimpleNamespace(page=page, rules=object(), load_rules=load_rules, rules_status=list, reload_problems=[])
+    app = SimpleNamespace(page=page, rules=object(), load_rules=load_rules, rules_status=list, reload_problems=[],
+                          settings=Settings())
     web = await daemon._start_web(app, "127.0.0.1:0", enable_lifecycle=True)
     web.reloads = reloads
     yield web
@@ -109,7 +111,8 @@ async def test_headers_in_two_packets_and_connection_close(server):
 async def test_scrapes_beyond_the_thread_limit_are_still_answered():
     page = ExpositionPage(extra=lambda: PAGE_TEXT)
     page.flush()
-    app = SimpleNamespace(page=page, rules=object(), load_rules=None, rules_status=list, reload_problems=[])
+    app = SimpleNamespace(page=page, rules=object(), load_rules=None, rules_status=list, reload_problems=[],
+                          settings=Settings())
     web = await daemon._start_web(app, "127.0.0.1:0")
     web.front._slots = threading.BoundedSemaphore(1)  # one scrape thread
     try:

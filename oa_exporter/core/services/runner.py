@@ -6,10 +6,14 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from ..domain import InstantVector, Model, Rule, RuleGroup, RuleScores, RuleSet, RuleStatus, SeriesState
+import numpy as np
+
+from ..domain import FitEvent, InstantVector, Model, Rule, RuleGroup, RuleScores, RuleSet, RuleStatus, SeriesState
 from ..errors import OAError
 from ..ports import ResultSink, Telemetry
 from ..scoring import Repeats
@@ -20,6 +24,7 @@ from .trainer import Trainer
 log = logging.getLogger(__name__)
 NEW_SERIES_REFIT = 3600.0  # while series without a model are present, refit at most this often
 NEW_SERIES_UPDATE = 600.0  # ... or, for global models, condition the model on them at most this often
+FIT_HISTORY = 20  # fits of each rule kept for the API, newest last
 
 
 @dataclass
@@ -42,6 +47,8 @@ class RuleSlot:
     ownership: Ownership = field(default_factory=Ownership)  # which of the query's series this shard owns
     owned: tuple[int, int] = (0, 0)  # series this shard owned in the last cycle, of the query's total
     resharded: bool = False  # the shard layout changed: series that came to this shard are fitted at once
+    scores: RuleScores | None = None  # the last cycle's results
+    fit_history: deque[FitEvent] = field(default_factory=lambda: deque(maxlen=FIT_HISTORY))
 
     def next_fit(self, interval: float) -> float:
         """When a (re)fit is due: at train.every, retried with backoff while fits fail, sooner (at most hourly)
@@ -122,6 +129,22 @@ class Runner:
         return [self._status(self.slots[rule.name], group, now)
                 for group in self.rules.groups for rule in group.rules if rule.name in self.slots]
 
+    def top_scores(self, name: str, count: int) -> list[dict[str, Any]]:
+        """The rule's `count` highest-scoring series of the last cycle, highest first (unscored series last)."""
+        slot = self.slots.get(name)
+        scores = slot.scores if slot else None
+        if scores is None or not len(scores.keys):
+            return []
+        order = np.argsort(-np.nan_to_num(scores.score, nan=-np.inf), kind="stable")[:count]
+        return [{"labels": dict(scores.labels[i]), "y": _number(scores.y[i]), "yhat": _number(scores.yhat[i]),
+                 "yhat_lower": _number(scores.lower[i]), "yhat_upper": _number(scores.upper[i]),
+                 "score": _number(scores.score[i])} for i in order.tolist()]
+
+    def fit_history(self, name: str) -> list[FitEvent]:
+        """The rule's last fits started by this process, oldest first."""
+        slot = self.slots.get(name)
+        return list(slot.fit_history) if slot else []
+
     async def pause(self) -> None:
         """Stop the group tickers, keeping every model: cycles are then driven by hand (tests, benchmarks)."""
         await self._stop_groups()
@@ -166,6 +189,7 @@ class Runner:
             return
         # sharding, scoring and rendering hold the CPU for a while at 100k series: off the loop, scrapes stay fast
         scores = await asyncio.to_thread(self._score_and_publish, slot, queried)
+        slot.scores = scores
         slot.unmodelled = int(scores.ready.size - scores.ready.sum())
         slot.series, slot.cycle_error = dict(scores.states), ""
         self.telemetry.rule_health(rule.name, slot.failures == 0)
@@ -195,10 +219,12 @@ class Runner:
             model = await self.trainer.train(rule, now)
             await self._adopt(slot, model, self.clock())
             slot.failures, slot.fit_error = 0, ""
+            slot.fit_history.append(FitEvent(now, self.clock(), True, series=len(model.keys)))
             log.info("rule %s: fitted %d series", rule.name, len(model.keys))
         except Exception as e:  # OAError is expected (TSDB down, cardinality); others are bugs, logged loudly
             slot.failures += 1
             slot.fit_error = str(e) or type(e).__name__
+            slot.fit_history.append(FitEvent(now, self.clock(), False, slot.fit_error))
             log.log(logging.ERROR, "rule %s: training failed (attempt %d): %s", rule.name, slot.failures, e,
                     exc_info=not isinstance(e, OAError))
             self.telemetry.rule_health(rule.name, False, str(e))
@@ -259,3 +285,8 @@ class Runner:
             task.cancel()
         await asyncio.gather(*self._groups, return_exceptions=True)
         self._groups = []
+
+
+def _number(value: float) -> float | None:
+    """A float for JSON: NaN (no forecast, not scored) becomes None."""
+    return None if math.isnan(value) else float(value)
