@@ -42,6 +42,10 @@ class Settings:
         "--prometheus-url", "OA_PROMETHEUS_URL", "base URL of the Prometheus-API TSDB to read from"))
     web_listen_address: str = field(default=f":{DEFAULT_PORT}", metadata=_opt(
         "--web.listen-address", "OA_WEB_LISTEN_ADDRESS", "address to serve /metrics and the API on"))
+    web_config_file: str = field(default="", metadata=_opt(
+        "--web.config.file", "OA_WEB_CONFIG_FILE",
+        "exporter-toolkit web config (TLS, basic auth, headers) for every path on the port; read at start and on "
+        "reload (SIGHUP, /-/reload)"))
     web_enable_lifecycle: bool = field(default=False, metadata=_opt(
         "--web.enable-lifecycle", "OA_WEB_ENABLE_LIFECYCLE",
         "allow POST/PUT /-/reload (403 otherwise); SIGHUP and the rules watcher reload regardless"))

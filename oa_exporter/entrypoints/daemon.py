@@ -8,19 +8,22 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
 from ..adapters.sinks.exposition import CONTENT_TYPE
 from ..bootstrap import App, bootstrap
 from ..settings import Settings
-from .scrape_front import ScrapeFront
+from .scrape_front import HEADER_TIMEOUT, ScrapeFront
 from .web import make_app
+from .web_config import WebConfigError, WebGuard
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +76,14 @@ async def serve(settings: Settings, app: App | None = None, stop: asyncio.Event 
         log.error("the rules are invalid; not starting (run `oa-exporter check` on them)")
         await app.close()
         return 1
-    web_runner = await _start_web(app, settings.web_listen_address, settings.web_enable_lifecycle)
-    _install_signals(app, stop)
+    try:
+        guard = WebGuard(settings.web_config_file)
+    except WebConfigError as e:
+        log.error("not started: %s", e)
+        await app.close()
+        return 2
+    web_runner = await _start_web(app, settings.web_listen_address, settings.web_enable_lifecycle, guard)
+    _install_signals(app, stop, web_runner.reload)
     watching = asyncio.create_task(app.watch_rules(settings.rules_poll_interval), name="watch-rules")
     if settings.rules_poll_interval <= 0:
         watching.cancel()
@@ -96,35 +105,51 @@ class WebServer:
 
     runner: web.AppRunner
     front: ScrapeFront
+    reload: Callable[[], Coroutine[Any, Any, bool]]  # the web config file, then the rules
 
     async def cleanup(self) -> None:
         self.front.close()
         await self.runner.cleanup()
 
 
-async def _start_web(app: App, address: str, enable_lifecycle: bool = False) -> WebServer:
+async def _start_web(app: App, address: str, enable_lifecycle: bool = False,
+                     guard: WebGuard | None = None) -> WebServer:
     host, port = listen_address(address)
-    routes = make_app(app.page, lambda: app.rules is not None, app.load_rules, app.rules_status,
-                      lambda: app.reload_problems, enable_lifecycle, app,
-                      app.settings.web_enable_rules_api)
+    guard = guard or WebGuard("")
+
+    async def reload() -> bool:
+        """Reload the web config file (a bad one keeps the current settings) and the rules."""
+        try:
+            guard.reload()
+        except WebConfigError as e:
+            log.error("web config not reloaded, the previous settings stay in force: %s", e)
+            app.reload_problems = [str(e)]
+            return False
+        return bool(await app.load_rules())
+
+    routes = make_app(app.page, lambda: app.rules is not None, reload, app.rules_status,
+                      lambda: app.reload_problems, enable_lifecycle, api=app,
+                      writable=app.settings.web_enable_rules_api, security=guard)
     runner = web.AppRunner(routes, access_log=None)
     await runner.setup()
-    front = ScrapeFront(app.page.page, CONTENT_TYPE, _hand_over_to(runner))
+    front = ScrapeFront(app.page.page, CONTENT_TYPE, _hand_over_to(runner), security=guard)
     try:
         front.start(host, port)
     except OSError:
         await runner.cleanup()
         raise
-    return WebServer(runner, front)
+    return WebServer(runner, front, reload)
 
 
-def _hand_over_to(runner: web.AppRunner) -> Callable[[socket.socket], None]:
-    """Give an accepted connection to the aiohttp server from a front thread."""
+def _hand_over_to(runner: web.AppRunner) -> Callable[[socket.socket, ssl.SSLContext | None], None]:
+    """Give an accepted connection to the aiohttp server from a front thread (with TLS when it is raw TLS)."""
     loop, server = asyncio.get_running_loop(), runner.server
     assert server is not None, "runner.setup() makes the server"
 
-    def hand_over(connection: socket.socket) -> None:
-        adopted = asyncio.run_coroutine_threadsafe(loop.connect_accepted_socket(server, connection), loop)
+    def hand_over(connection: socket.socket, tls: ssl.SSLContext | None) -> None:
+        timeouts = {"ssl_handshake_timeout": HEADER_TIMEOUT} if tls else {}
+        adopted = asyncio.run_coroutine_threadsafe(
+            loop.connect_accepted_socket(server, connection, ssl=tls, **timeouts), loop)
         adopted.add_done_callback(lambda done: _close_unless_adopted(done, connection))
 
     return hand_over
@@ -136,14 +161,14 @@ def _close_unless_adopted(done: Future, connection: socket.socket) -> None:
         connection.close()
 
 
-def _install_signals(app: App, stop: asyncio.Event) -> None:
+def _install_signals(app: App, stop: asyncio.Event, reload_all: Callable[[], Coroutine[Any, Any, bool]]) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     reloads: set[asyncio.Task] = set()
 
     def reload() -> None:
-        task = loop.create_task(app.load_rules())
+        task = loop.create_task(reload_all())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import selectors
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -24,16 +26,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 
+from .web_config import WebSecurity
+
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 8192  # a scrape request's headers are a few hundred bytes; longer ones go to aiohttp
 HEAD_WAIT = 1.0  # seconds to wait for a request's headers to arrive whole before handing over
+HEADER_TIMEOUT = 10.0  # TLS: seconds for the handshake and for a request's headers to arrive whole
+ACCEPT_BACKOFF = 0.1  # seconds between accept attempts while the process is out of descriptors
 IDLE_TIMEOUT = 75.0  # keep-alive, as aiohttp's default
 SEND_TIMEOUT = 60.0  # a scraper that stops reading for this long loses its connection
 MAX_CONNECTIONS = 64  # scrape connections served from threads; more go to aiohttp
 
 Page = Callable[[bool], bytes]  # gzipped? -> the latest rendered page
-HandOver = Callable[[socket.socket], None]  # gives a connection, unread, to the aiohttp server
+HandOver = Callable[[socket.socket, "ssl.SSLContext | None"], None]  # a connection, unread, to aiohttp (TLS or not)
 
 
 @dataclass(frozen=True)
@@ -44,58 +50,112 @@ class Scrape:
     head_only: bool
     gzip: bool
     keep_alive: bool
+    authorization: str | None = None
+
+
+class Malformed(ValueError):
+    """A request head that no server should act on: answered 400 and closed (no hand-over to smuggle through)."""
+
+
+_FRAMING = ("content-length", "transfer-encoding", "host", "authorization")  # must not be repeated
 
 
 def parse_scrape(data: bytes, path: str = "/metrics") -> Scrape | None:
-    """The request at the start of `data` if it is a body-less GET/HEAD of `path`, else None."""
+    """The request at the start of `data` if it is a body-less GET/HEAD of `path`, else None; Malformed when
+    the head is ambiguous (repeated framing headers, bare LF, control bytes, HTTP/1.1 without Host)."""
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return None
-    lines = data[:end].decode("latin-1").split("\r\n")
+    head = data[:end]
+    _check_bytes(head)
+    lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")
-    if len(parts) != 3 or parts[0] not in ("GET", "HEAD") or parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
-        return None
-    if parts[1].split("?", 1)[0] != path:
-        return None
+    if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
+        return None  # not HTTP/1.x: aiohttp answers it
     headers = _headers(lines[1:])
-    if headers is None or _has_body(headers) or "upgrade" in headers or "expect" in headers:
+    if parts[2] == "HTTP/1.1" and not headers.get("host"):
+        raise Malformed("HTTP/1.1 request without Host")
+    if parts[0] not in ("GET", "HEAD") or parts[1].split("?", 1)[0] != path:
+        return None
+    if _has_body(headers) or "upgrade" in headers or "expect" in headers:
         return None
     connection = headers.get("connection", "").lower()
     keep_alive = "close" not in connection and (parts[2] == "HTTP/1.1" or "keep-alive" in connection)
-    return Scrape(end + 4, parts[0] == "HEAD", "gzip" in headers.get("accept-encoding", ""), keep_alive)
+    return Scrape(end + 4, parts[0] == "HEAD", accepts_gzip(headers.get("accept-encoding", "")), keep_alive,
+                  headers.get("authorization"))
 
 
-def _headers(lines: list[str]) -> dict[str, str] | None:
-    headers = {}
+def _check_bytes(head: bytes) -> None:
+    if b"\n" in head.replace(b"\r\n", b""):
+        raise Malformed("bare LF or CR in the request head")
+    if any(byte < 0x20 and byte not in (0x09, 0x0D, 0x0A) or byte == 0x7F for byte in head):
+        raise Malformed("control byte in the request head")
+
+
+def _headers(lines: list[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
     for line in lines:
         name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip():
-            return None  # malformed: aiohttp answers it properly
-        headers[name.lower()] = value.strip()
+        if not colon or not name or name != name.strip() or " " in name or "\t" in name:
+            raise Malformed(f"malformed header line {line[:40]!r}")  # includes obsolete line folding
+        key = name.lower()
+        if key in headers and key in _FRAMING:
+            raise Malformed(f"repeated {name} header")
+        headers[key] = value.strip()
+    if "transfer-encoding" in headers and "content-length" in headers:
+        raise Malformed("both Transfer-Encoding and Content-Length")
+    length = headers.get("content-length")
+    if length is not None and not length.isdigit():
+        raise Malformed(f"Content-Length {length[:20]!r} is not a number")
     return headers
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding value allows gzip (`gzip;q=0` refuses it)."""
+    for item in accept_encoding.lower().split(","):
+        coding, _, params = item.partition(";")
+        if coding.strip() in ("gzip", "x-gzip"):
+            quality = params.strip().removeprefix("q=").strip() if params.strip().startswith("q=") else "1"
+            try:
+                return float(quality) > 0
+            except ValueError:
+                return False
+    return False
 
 
 def _has_body(headers: dict[str, str]) -> bool:
     return "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
 
 
-def response_head(scrape: Scrape, length: int, content_type: str) -> bytes:
+BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n"
+               b"Connection: close\r\n\r\nBad Request\n")
+
+
+def response_head(scrape: Scrape, length: int, content_type: str, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
     lines = ["HTTP/1.1 200 OK", f"Date: {formatdate(usegmt=True)}", f"Content-Type: {content_type}",
              f"Content-Length: {length}", "Vary: Accept-Encoding"]
     if scrape.gzip:
         lines.append("Content-Encoding: gzip")
     if not scrape.keep_alive:
         lines.append("Connection: close")
+    lines += [f"{name}: {value}" for name, value in extra]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 class ScrapeFront:
-    """Owns the listening socket; one thread accepts, one thread per scrape connection sends."""
+    """Owns the listening socket; one thread accepts, one thread per scrape connection sends.
 
-    def __init__(self, page: Page, content_type: str, hand_over: HandOver, max_connections: int = MAX_CONNECTIONS):
+    With TLS (`--web.config.file`), a connection's thread does the handshake and reads the request itself (TLS
+    cannot be peeked at); scrapes are answered as before, anything else is relayed to aiohttp over a local
+    socket pair. With basic auth, a scrape whose credentials do not pass goes to aiohttp, which answers 401.
+    """
+
+    def __init__(self, page: Page, content_type: str, hand_over: HandOver, max_connections: int = MAX_CONNECTIONS,
+                 security: Callable[[], WebSecurity] = WebSecurity):
         self._page = page
         self._content_type = content_type
         self._hand_over = hand_over
+        self._security = security
         self._slots = threading.BoundedSemaphore(max_connections)
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -131,58 +191,163 @@ class ScrapeFront:
         while listener is not None and listener.fileno() >= 0:
             try:
                 connection, _ = listener.accept()
-            except OSError:
-                return  # closed
+            except OSError as e:
+                if self._listener is None or listener.fileno() < 0:
+                    return  # closed
+                self._wait_for_descriptors(e)
+                continue
+            security = self._security()
             if not self._slots.acquire(blocking=False):
-                self._give_away(connection)
+                self._give_away(connection, security)
                 continue
             try:
-                threading.Thread(target=self._serve, args=(connection,), name="scrape", daemon=True).start()
+                threading.Thread(target=self._serve, args=(connection, security), name="scrape",
+                                 daemon=True).start()
             except RuntimeError:  # no thread to be had: the event loop still can answer
                 self._slots.release()
-                self._give_away(connection)
+                self._give_away(connection, security)
 
-    def _serve(self, connection: socket.socket) -> None:
+    def _wait_for_descriptors(self, error: OSError) -> None:
+        """Out of descriptors (EMFILE/ENFILE) or another accept failure: back off, say so once, keep accepting."""
+        if not self._out_of_descriptors:
+            log.error("cannot accept connections: %s; retrying until descriptors are free", error)
+        self._out_of_descriptors = True
+        time.sleep(ACCEPT_BACKOFF)
+
+    _out_of_descriptors = False
+
+    def _serve(self, connection: socket.socket, security: WebSecurity) -> None:
         with self._lock:
             self._open.add(connection)
         kept = False
         try:
             _blocking_with_timeouts(connection)
-            kept = self._answer_scrapes(connection)
-        except OSError as e:
+            if security.tls is not None:
+                self._serve_tls(connection, security)
+            else:
+                kept = self._answer_scrapes(connection, security)
+        except (OSError, ssl.SSLError) as e:
             log.debug("scrape connection ended: %s", e)
         finally:
+            self._out_of_descriptors = False
             with self._lock:
                 self._open.discard(connection)
             self._slots.release()
             if not kept:
                 connection.close()
 
-    def _answer_scrapes(self, connection: socket.socket) -> bool:
+    def _answer_scrapes(self, connection: socket.socket, security: WebSecurity) -> bool:
         """Answer scrapes until the connection closes (False) or asks for something else (True: handed over)."""
         while True:
             data = _peek_head(connection)
             if not data:
                 return False
-            scrape = parse_scrape(data)
-            if scrape is None:
-                self._give_away(connection)
+            try:
+                scrape = parse_scrape(data)
+            except Malformed as e:
+                _refuse(connection, e)
+                return False
+            if scrape is None or not _authorized(scrape, security):
+                self._give_away(connection, security)
                 return True
             connection.recv(scrape.head_length, socket.MSG_WAITALL)  # consume exactly the peeked request
-            body = self._page(scrape.gzip)
-            connection.sendall(response_head(scrape, len(body), self._content_type))
-            if not scrape.head_only:
-                connection.sendall(body)
+            self._send_page(connection, scrape, security)
             if not scrape.keep_alive:
                 return False
 
-    def _give_away(self, connection: socket.socket) -> None:
+    def _serve_tls(self, connection: socket.socket, security: WebSecurity) -> None:
+        assert security.tls is not None
+        connection.settimeout(HEADER_TIMEOUT)  # the handshake, too, must not trickle
+        with security.tls.current().wrap_socket(connection, server_side=True) as tls:
+            buffered = b""
+            while True:
+                buffered = _read_head(tls, buffered)
+                if not buffered:
+                    return
+                try:
+                    scrape = parse_scrape(buffered)
+                except Malformed as e:
+                    _refuse(tls, e)
+                    return
+                if scrape is None or not _authorized(scrape, security):
+                    _relay(tls, buffered, self._hand_over)
+                    return
+                buffered = buffered[scrape.head_length:]
+                self._send_page(tls, scrape, security)
+                if not scrape.keep_alive:
+                    return
+
+    def _send_page(self, connection: socket.socket, scrape: Scrape, security: WebSecurity) -> None:
+        body = self._page(scrape.gzip)
+        connection.sendall(response_head(scrape, len(body), self._content_type, security.extra_headers))
+        if not scrape.head_only:
+            connection.sendall(body)
+
+    def _give_away(self, connection: socket.socket, security: WebSecurity) -> None:
         try:
             connection.setblocking(False)
-            self._hand_over(connection)
+            self._hand_over(connection, security.tls.current() if security.tls else None)
         except Exception:  # the loop is gone (shutting down): nothing can answer it
             log.debug("could not hand a connection to the API server", exc_info=True)
             connection.close()
+
+
+def _refuse(connection: socket.socket, error: Malformed) -> None:
+    """Answer 400 and close so that the answer arrives: unread bytes at close() would reset the connection."""
+    log.debug("refused a malformed request: %s", error)
+    connection.sendall(BAD_REQUEST)
+    with contextlib.suppress(OSError, ValueError):
+        connection.shutdown(socket.SHUT_WR)
+        connection.settimeout(1.0)
+        for _ in range(16):  # what the client sent after it, up to 1 MB, is read and dropped
+            if not connection.recv(1 << 16):
+                break
+
+
+def _authorized(scrape: Scrape, security: WebSecurity) -> bool:
+    return not security.auth.enabled or security.auth.user(scrape.authorization) is not None
+
+
+def _read_head(connection: socket.socket, buffered: bytes) -> bytes:
+    """`buffered` plus what arrives until a whole request head is there: b'' when the peer closed or went idle
+    between requests; past MAX_HEAD or HEADER_TIMEOUT the partial bytes are returned (aiohttp refuses them)."""
+    deadline = time.monotonic() + HEADER_TIMEOUT
+    while b"\r\n\r\n" not in buffered and len(buffered) < MAX_HEAD:
+        connection.settimeout(IDLE_TIMEOUT if not buffered else max(deadline - time.monotonic(), 0.001))
+        try:
+            chunk = connection.recv(MAX_HEAD)
+        except TimeoutError:
+            return b""
+        if not chunk:
+            return b""
+        buffered += chunk
+    connection.settimeout(SEND_TIMEOUT)
+    return buffered
+
+
+def _relay(tls: ssl.SSLSocket, buffered: bytes, hand_over: HandOver) -> None:
+    """Serve the rest of a TLS connection through aiohttp: it gets one end of a socket pair in plain text."""
+    ours, theirs = socket.socketpair()
+    try:
+        theirs.setblocking(False)
+        hand_over(theirs, None)
+    except Exception:  # noqa: BLE001 - shutting down
+        ours.close()
+        theirs.close()
+        return
+    with ours, selectors.DefaultSelector() as selector:
+        ours.sendall(buffered)
+        selector.register(tls, selectors.EVENT_READ)
+        selector.register(ours, selectors.EVENT_READ)
+        while True:
+            ready = [tls] if tls.pending() else [key.fileobj for key, _ in selector.select(IDLE_TIMEOUT)]
+            if not ready:
+                return  # idle past the keep-alive timeout
+            for source in ready:
+                data = source.recv(1 << 16)  # type: ignore[union-attr]
+                if not data:
+                    return
+                (ours if source is tls else tls).sendall(data)
 
 
 def _peek_head(connection: socket.socket) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING
@@ -10,6 +11,39 @@ from aiohttp import web
 
 from ..adapters.sinks.exposition import CONTENT_TYPE, ExpositionPage
 from ..core.domain import RuleStatus
+from .scrape_front import accepts_gzip
+from .web_config import REALM, WebSecurity
+
+USER = web.RequestKey("user", str)  # request[USER]: who passed basic auth ("" when auth is off)
+
+
+def basic_auth(security: Callable[[], WebSecurity]) -> Callable:
+    """Every route behind the web config's basic_auth_users (401 with a challenge otherwise)."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                    ) -> web.StreamResponse:
+        auth = security().auth
+        user = ""
+        if auth.enabled:
+            header = request.headers.get("Authorization")
+            user = auth.known(header) or await asyncio.to_thread(auth.user, header) or ""
+            if not user:
+                return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": REALM})
+        request[USER] = user
+        return await handler(request)
+
+    return check
+
+
+def extra_headers(security: Callable[[], WebSecurity]) -> Callable:
+    """http_server_config.headers on every response."""
+
+    async def add(request: web.Request, response: web.StreamResponse) -> None:
+        for name, value in security().extra_headers:
+            response.headers[name] = value
+
+    return add
 
 if TYPE_CHECKING:
     from ..bootstrap import App
@@ -28,6 +62,7 @@ def make_app(
     enable_lifecycle: bool = False,
     api: App | None = None,
     writable: bool = False,
+    security: Callable[[], WebSecurity] = WebSecurity,
 ) -> web.Application:
     """The aiohttp application; handlers only translate HTTP to calls on what they are given."""
 
@@ -35,7 +70,7 @@ def make_app(
         return web.json_response({"status": "success", "data": {"rules": [asdict(r) for r in rules()]}})
 
     async def metrics(request: web.Request) -> web.Response:
-        if "gzip" in request.headers.get("Accept-Encoding", ""):
+        if accepts_gzip(request.headers.get("Accept-Encoding", "")):
             body = page.page(gzipped=True)
             return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, "Content-Encoding": "gzip"})
         return web.Response(body=page.page(), headers={"Content-Type": CONTENT_TYPE})
@@ -59,7 +94,8 @@ def make_app(
     async def landing(request: web.Request) -> web.Response:
         return web.Response(text=LANDING, content_type="text/html")
 
-    app = web.Application()
+    app = web.Application(middlewares=[basic_auth(security)])
+    app.on_response_prepare.append(extra_headers(security))
     app.add_routes([
         web.get("/metrics", metrics), web.get("/-/healthy", healthy), web.get("/-/ready", ready),
         web.post("/-/reload", do_reload), web.put("/-/reload", do_reload), web.get("/", landing),

@@ -43,7 +43,7 @@ def run_worker(settings: Settings, queue: str, concurrency: int) -> int:
     options = celery_options(settings)
     loop, metrics = LoopThread(), WorkerMetrics()
     services = loop.run(_build(settings, concurrency))
-    web_runner = loop.run(_serve_metrics(metrics, settings.worker_listen_address))
+    web_runner = loop.run(_serve_metrics(metrics, settings.worker_listen_address, settings.web_config_file))
     app = celery_app(options)
     register_jobs(app, options, services.worker, loop.run, metrics)
     log.info("worker consuming the %s queue with %d job slots (broker %s)", queue, concurrency,
@@ -58,14 +58,19 @@ def run_worker(settings: Settings, queue: str, concurrency: int) -> int:
     return 0
 
 
-async def _serve_metrics(metrics: Any, address: str) -> Any:
-    """The worker's /metrics (its jobs) and /-/healthy, on its event loop; None when no address is set."""
+async def _serve_metrics(metrics: Any, address: str, web_config_file: str = "") -> Any:
+    """The worker's /metrics (its jobs) and /-/healthy, on its event loop, behind the same web config file as
+    the daemon's port (TLS, basic auth, headers); None when no address is set."""
     if not address:
         return None
     from aiohttp import web
 
     from ..adapters.sinks.exposition import CONTENT_TYPE
     from .daemon import listen_address
+    from .web import basic_auth, extra_headers
+    from .web_config import WebGuard
+
+    guard = WebGuard(web_config_file)
 
     async def page(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
@@ -73,13 +78,15 @@ async def _serve_metrics(metrics: Any, address: str) -> Any:
     async def healthy(request: web.Request) -> web.Response:
         return web.Response(text="OpenAnomaly worker is Healthy.\n")
 
-    app = web.Application()
+    app = web.Application(middlewares=[basic_auth(guard)])
+    app.on_response_prepare.append(extra_headers(guard))
     app.router.add_get("/metrics", page)
     app.router.add_get("/-/healthy", healthy)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, port = listen_address(address)
-    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    tls = guard().tls
+    await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls.rotating() if tls else None).start()
     log.info("worker metrics on %s/metrics", address)
     return runner
 

@@ -16,7 +16,7 @@ import pytest
 
 from oa_exporter.adapters.sinks.exposition import ExpositionPage
 from oa_exporter.entrypoints import daemon
-from oa_exporter.entrypoints.scrape_front import ScrapeFront, parse_scrape
+from oa_exporter.entrypoints.scrape_front import Malformed, ScrapeFront, parse_scrape
 from oa_exporter.settings import Settings
 
 PAGE_TEXT = b"".join(b'oa_y{rule="r",i="%d"} %d.5\n' % (i, i) for i in range(5000))
@@ -136,11 +136,11 @@ async def test_a_taken_address_fails_at_start_and_close_stops_serving(server):
 
 
 @pytest.mark.parametrize("request_bytes, expected", [
-    (b"GET /metrics HTTP/1.1\r\nAccept-Encoding: gzip\r\n\r\n", (True, False, True)),
-    (b"HEAD /metrics?x=1 HTTP/1.1\r\n\r\n", (False, True, True)),
+    (b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n", (True, False, True)),
+    (b"HEAD /metrics?x=1 HTTP/1.1\r\nHost: x\r\n\r\n", (False, True, True)),
     (b"GET /metrics HTTP/1.0\r\n\r\n", (False, False, False)),
     (b"GET /metrics HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", (False, False, True)),
-    (b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n", (False, False, False)),
+    (b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", (False, False, False)),
 ])
 def test_scrape_requests_are_recognised(request_bytes, expected):
     scrape = parse_scrape(request_bytes)
@@ -150,18 +150,27 @@ def test_scrape_requests_are_recognised(request_bytes, expected):
 
 @pytest.mark.parametrize("request_bytes", [
     b"GET /metrics HTTP/1.1\r\nHost: x\r\n",  # headers not complete yet
-    b"GET /metricsx HTTP/1.1\r\n\r\n",
-    b"GET /-/healthy HTTP/1.1\r\n\r\n",
-    b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
-    b"GET /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
-    b"GET /metrics HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-    b"GET /metrics HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
+    b"GET /metricsx HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+    b"GET /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET /metrics HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n\r\n",
     b"GET /metrics HTTP/2.0\r\n\r\n",
-    b"GET /metrics HTTP/1.1\r\nbad header line\r\n\r\n",
-    b"GET  /metrics HTTP/1.1\r\n\r\n",
+    b"GET  /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
 ])
 def test_everything_else_is_left_to_aiohttp(request_bytes):
     assert parse_scrape(request_bytes) is None
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /metrics HTTP/1.1\r\nHost: x\r\nbad header line\r\n\r\n",
+    b"GET /metrics HTTP/1.1\r\n\r\n",  # HTTP/1.1 needs a Host
+    b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+])
+def test_ambiguous_heads_are_malformed(request_bytes):
+    with pytest.raises(Malformed):
+        parse_scrape(request_bytes)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
