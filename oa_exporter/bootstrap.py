@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from .adapters.config.promql import check_promql
 from .adapters.config.watcher import RulesWatcher
 from .adapters.config.yaml_editor import YamlRulesEditor
@@ -269,6 +271,7 @@ class App:
             "name": name, "group": stored.group if stored else rule.group if rule else None,
             "etag": stored.etag if stored else None, "origin": stored.origin if stored else rule.file if rule else "",
             "source": dict(stored.source) if stored else None,
+            "source_yaml": yaml.safe_dump(dict(stored.source), sort_keys=False, width=120) if stored else None,
             "definition": definition(rule) if rule else None,  # None: written, not loaded yet
             "status": asdict(status) if status else None,
             "top_scores": self.runner.top_scores(name, top),

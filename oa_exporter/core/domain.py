@@ -249,6 +249,7 @@ class RuleStatus:
     error: str | None
     fingerprint: str
     shard: Mapping[str, int] = field(default_factory=dict)  # index, count; series it owns of the query's total
+    anomalous: int = 0  # series scoring above 1 in the last cycle
 
 
 @dataclass(frozen=True)

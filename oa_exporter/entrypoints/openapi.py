@@ -43,7 +43,7 @@ _STORED = {"type": "object", "required": ["name", "group", "etag", "source"], "p
 _DETAIL = {"type": "object", "required": ["name", "definition", "status", "top_scores", "fit_history"], "properties": {
     "name": {"type": "string"}, "group": {"type": "string", "nullable": True},
     "etag": {"type": "string", "nullable": True}, "origin": {"type": "string"},
-    "source": {**_RULE, "nullable": True},
+    "source": {**_RULE, "nullable": True}, "source_yaml": {"type": "string", "nullable": True},
     "definition": {**_RULE, "nullable": True,
                    "description": "the rule in force, preset expanded, defaults written out"},
     "status": {"type": "object", "nullable": True, "additionalProperties": True},

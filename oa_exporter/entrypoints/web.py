@@ -98,11 +98,15 @@ def make_app(
     app.on_response_prepare.append(extra_headers(security))
     app.add_routes([
         web.get("/metrics", metrics), web.get("/-/healthy", healthy), web.get("/-/ready", ready),
-        web.post("/-/reload", do_reload), web.put("/-/reload", do_reload), web.get("/", landing),
+        web.post("/-/reload", do_reload), web.put("/-/reload", do_reload),
         web.get("/api/v1/rules", api_rules),
     ])
-    if api is not None:
-        from .rules_api import add_rules_api
+    if api is None:
+        app.add_routes([web.get("/", landing)])
+        return app
+    from .rules_api import add_rules_api
+    from .webui import add_ui
 
-        add_rules_api(app, api, writable)
+    add_rules_api(app, api, writable)
+    add_ui(app, writable)
     return app

@@ -278,6 +278,7 @@ class Runner:
             error=slot.error or None, fingerprint=rule.fingerprint(),
             shard={"index": self.shard.index, "count": self.shard.count, "series": slot.owned[0],
                    "of": slot.owned[1]},
+            anomalous=int(np.count_nonzero(slot.scores.score > 1.0)) if slot.scores is not None else 0,
         )
 
     async def _stop_groups(self) -> None:
