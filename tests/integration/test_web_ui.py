@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -19,8 +18,7 @@ from oa_exporter.settings import Settings
 from tests.servers import PrometheusServer, free_port
 from tests.synthetic import Scenario
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium (apt-get install chromium)")]
+pytestmark = pytest.mark.integration
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
