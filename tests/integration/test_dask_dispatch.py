@@ -147,3 +147,28 @@ async def test_an_unreachable_scheduler_fails_the_job_with_a_dispatch_error():
     with pytest.raises(DispatchError, match="unreachable"):
         await dispatcher.run(os.getpid)
     await dispatcher.close()
+
+
+@pytest.mark.parametrize("spec", [ModelSpec("statsforecast", "AutoETS", {"model": "ZZN"}),
+                                  ModelSpec("statsforecast", "SeasonalProfile")], ids=["fugue", "row-blocks"])
+async def test_a_large_rule_fitted_across_the_cluster_gives_the_single_process_bands(dask_cluster, spec):
+    single = engine_registry()["statsforecast"]
+    spread = engine_registry()["statsforecast"]
+    spread.distributed_from = 4  # type: ignore[attr-defined]  # "large" from 4 series: the switch, made small
+    data = history(series=6, days=2)
+    dispatcher = DaskDispatcher(dask_cluster.address, timeout=300)
+    try:
+        remote = await dispatcher.run(spread.fit, data, spec, 99.0)
+    finally:
+        await dispatcher.close()
+    local = single.fit(data, spec, 99.0)
+    assert (remote.payload.forecast is not None) == (spec.name != "SeasonalProfile")  # distributed: the forecast
+    assert not remote.errors
+
+    def bands(fitted):
+        model = Model("r", "f", "statsforecast", data.keys, data.labels, END, data.start, END, 300.0, fitted)
+        return single.predict(model, END + 300, 24, 99.0)
+
+    ours, theirs = bands(remote), bands(local)
+    for name in ("yhat", "lower", "upper"):  # Fugue's results are float32 (statsforecast's own tolerance there)
+        np.testing.assert_allclose(getattr(ours, name), getattr(theirs, name), rtol=1e-5)

@@ -3,12 +3,19 @@
 SeasonalProfile (the default) fits all series of a rule at once with numpy. Any other name is a class of
 `statsforecast.models` built with the rule's params and fitted per series; a series whose fit fails falls
 back to SeasonalProfile (counted in Fitted.errors), so one bad series never fails the rule.
+
+On a Dask worker (the dask dispatcher), a rule of `distributed_from` series or more is spread over the cluster
+(see _dask.py): SeasonalProfile's row blocks as tasks (the same model), other models through Fugue. Distributed
+StatsForecast forecasts but keeps no fitted models, so the model kept is the forecast itself: DISTRIBUTED_AHEAD
+seconds of bands from the window's end, at the rule's level; past them the series falls back to SeasonalProfile
+until the next refit (train.every, a day by default).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import math
 import pickle
 from importlib import metadata
 from typing import Any
@@ -18,8 +25,11 @@ import numpy as np
 from ... import __version__
 from ...core import seasonal
 from ...core.domain import Bands, Capabilities, Fitted, Model, ModelSpec, SeriesMatrix
+from . import _dask
 
 DEFAULT_MODEL = "SeasonalProfile"
+DISTRIBUTED_SERIES = 5000  # on a Dask worker, rules of this many series or more are fitted across the cluster
+DISTRIBUTED_AHEAD = 86400.0 + 7200.0  # seconds of bands a distributed forecast keeps: a day's refit and a margin
 
 
 class StatsForecastEngine:
@@ -27,6 +37,7 @@ class StatsForecastEngine:
 
     name = "statsforecast"
     default_model = DEFAULT_MODEL
+    distributed_from = DISTRIBUTED_SERIES
 
     @functools.cached_property
     def versions(self) -> dict[str, str]:
@@ -44,18 +55,25 @@ class StatsForecastEngine:
             raise ValueError(f"bad params for statsforecast {spec.name}: {e}") from e
 
     def fit(self, history: SeriesMatrix, spec: ModelSpec, level: float) -> Fitted:
-        if spec.name == DEFAULT_MODEL:
-            profile = seasonal.fit(history.values, history.start, history.step, spec.params)
-            return Fitted(_Payload(profile, [], 0), profile.ok)
-        return _fit_per_series(history, spec)
+        with _dask.cluster_client(len(history.keys), self.distributed_from) as cluster:
+            if spec.name == DEFAULT_MODEL:
+                mapper = _dask.block_mapper(cluster) if cluster is not None else None
+                profile = seasonal.fit(history.values, history.start, history.step, spec.params, mapper)
+                return Fitted(_Payload(profile, [], 0), profile.ok)
+            if cluster is not None:
+                return _forecast_on_cluster(cluster, history, spec, level)
+            return _fit_per_series(history, spec)
 
     def predict(self, model: Model, start: float, steps: int, level: float) -> Bands:
         payload: _Payload = model.fitted.payload
         timestamps = start + model.step * np.arange(steps)
         yhat, lower, upper = payload.fallback.predict(timestamps, level)
+        offset = max(int(round((start - model.window_end) / model.step)) - 1, 0)
         if payload.models:
-            offset = max(int(round((start - model.window_end) / model.step)) - 1, 0)
             _overwrite_with_models(payload.models, offset, steps, level, (yhat, lower, upper))
+        ahead = getattr(payload, "forecast", None)
+        if ahead is not None:
+            _overwrite_with_forecast(ahead, offset, (yhat, lower, upper))
         return Bands(start, model.step, yhat, lower, upper)
 
     def dumps(self, fitted: Fitted) -> bytes:
@@ -81,10 +99,12 @@ class StatsForecastEngine:
 class _Payload:
     """Learned state: one statsforecast model per series (None where it failed) and the fallback."""
 
-    def __init__(self, fallback: seasonal.SeasonalProfile, models: list[Any], end_index: int):
+    def __init__(self, fallback: seasonal.SeasonalProfile, models: list[Any], end_index: int,
+                 forecast: np.ndarray | None = None):
         self.fallback = fallback
         self.models = models
         self.end_index = end_index
+        self.forecast = forecast  # distributed fits: (3, series, steps) bands from the window's end, else None
 
 
 def _installed(distribution: str) -> str:
@@ -117,6 +137,28 @@ def _fit_per_series(history: SeriesMatrix, spec: ModelSpec) -> Fitted:
             models.append(None)
             errors[i] = f"{type(e).__name__}: {e}"
     return Fitted(_Payload(fallback, models, history.values.shape[1]), fallback.ok, errors)
+
+
+def _forecast_on_cluster(client: Any, history: SeriesMatrix, spec: ModelSpec, level: float) -> Fitted:
+    fallback = seasonal.fit(history.values, history.start, history.step, {}, _dask.block_mapper(client))
+    steps = int(math.ceil(DISTRIBUTED_AHEAD / history.step))
+    model = _model_class(spec.name)(**spec.params)
+    forecast, errors = _dask.forecast_on_cluster(client, history, model, level, steps, _fill_gaps)
+    for row in np.flatnonzero(np.isnan(forecast[0, :, 0])):
+        errors.setdefault(int(row), "no forecast from the distributed fit")
+    return Fitted(_Payload(fallback, [], history.values.shape[1], forecast), fallback.ok, errors)
+
+
+def _overwrite_with_forecast(forecast: np.ndarray, offset: int, bands: tuple[np.ndarray, ...]) -> None:
+    """Where the kept forecast covers the requested steps, it replaces the fallback's bands."""
+    kept = forecast[:, :, offset : offset + bands[0].shape[1]]
+    covered = kept.shape[2]
+    if covered <= 0:
+        return
+    usable = ~np.isnan(kept[0])
+    for k, target in enumerate(bands):
+        window = target[:, :covered]
+        window[usable] = kept[k][usable]
 
 
 def _fill_gaps(row: np.ndarray) -> np.ndarray:

@@ -1,0 +1,55 @@
+"""The engines' distributed path, off the cluster: row blocks mapped elsewhere, and a kept forecast's horizon."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from oa_exporter.adapters.engines import _dask
+from oa_exporter.adapters.engines.statsforecast import StatsForecastEngine, _Payload
+from oa_exporter.core import seasonal
+from oa_exporter.core.domain import Fitted, Model
+
+STEP, START = 300.0, 1_700_000_100.0
+
+
+def values(series: int = 30, points: int = 864) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    t = START + STEP * np.arange(points)
+    return 50 + 10 * np.sin(2 * np.pi * t / 86400)[None, :] + rng.normal(0, 1, (series, points))
+
+
+def test_row_blocks_fitted_by_a_mapper_give_the_model_of_one_pass(monkeypatch):
+    data = values()
+    whole = seasonal.fit(data, START, STEP, {})
+    monkeypatch.setattr(seasonal, "FIT_CELLS", 864 * 7)  # blocks of 7 rows: 5 blocks
+    seen: list[int] = []
+
+    def mapper(fit_block, blocks):
+        seen.extend(len(b) for b in blocks)
+        return [fit_block(b) for b in reversed(blocks)][::-1]  # any order of work, results in block order
+
+    blocked = seasonal.fit(data, START, STEP, {}, mapper)
+    assert seen == [7, 7, 7, 7, 2]
+    t = START + STEP * np.arange(864, 900)
+    for a, b in zip(whole.predict(t, 99.0), blocked.predict(t, 99.0), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_off_a_dask_worker_a_large_rule_is_fitted_here():
+    with _dask.cluster_client(10**6, 1) as client:
+        assert client is None
+
+
+def test_a_kept_forecast_serves_its_horizon_and_the_fallback_the_rest():
+    data = values(series=3)
+    fallback = seasonal.fit(data, START, STEP, {})
+    end = START + STEP * (data.shape[1] - 1)
+    kept = np.full((3, 3, 10), 7.0, np.float32)
+    kept[:, 2, :] = np.nan  # a series the distributed fit could not forecast
+    fitted = Fitted(_Payload(fallback, [], data.shape[1], kept), fallback.ok)
+    model = Model("r", "f", "statsforecast", [b"a", b"b", b"c"], [{}, {}, {}], end, START, end, STEP, fitted)
+    bands = StatsForecastEngine().predict(model, end + 6 * STEP, 8, 99.0)  # steps 6..13 after the window
+    yhat, _, _ = fallback.predict(end + STEP * np.arange(6, 14), 99.0)
+    np.testing.assert_array_equal(bands.yhat[:2, :5], 7.0)  # steps 6..10: the kept forecast
+    np.testing.assert_array_equal(bands.yhat[:2, 5:], yhat[:2, 5:])  # past them: the fallback
+    np.testing.assert_array_equal(bands.yhat[2], yhat[2])
