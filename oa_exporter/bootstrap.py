@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +32,17 @@ from .adapters.telemetry.prometheus_client import PrometheusTelemetry
 from .adapters.tsdb.prometheus import HttpAuth, PrometheusClient
 from .core.domain import ModelSpec, Rule, RuleSet, RuleStatus, StoredRule
 from .core.errors import ConflictError, NotFound, RuleError
-from .core.ports import ArtifactStore, JobDispatcher, JobQueue, ModelEngine, RulesEditor, Telemetry, TsdbClient
+from .core.ports import (
+    ArtifactStore,
+    JobDispatcher,
+    JobQueue,
+    ModelEngine,
+    Reachable,
+    ResultSink,
+    RulesEditor,
+    Telemetry,
+    TsdbClient,
+)
 from .core.rule_definition import definition
 from .core.rules import SourceDocument, build_rule_set
 from .core.services.inferencer import Inferencer
@@ -62,11 +72,22 @@ def engine_registry() -> dict[str, ModelEngine]:
 
 
 def default_model(settings: Settings, engines: Mapping[str, ModelEngine]) -> ModelSpec:
-    """The model of rules that name none: OA_MODEL_ENGINE's default model."""
-    engine = engines.get(settings.model_engine)
-    if engine is None:
+    """The model of rules that name none (unless their preset gives one): OA_MODEL_ENGINE's default model."""
+    if settings.model_engine not in engines:
         raise ValueError(f"OA_MODEL_ENGINE={settings.model_engine!r} is not one of {sorted(engines)}")
-    return ModelSpec(settings.model_engine, engine.default_model, {})
+    return engine_defaults(engines)(settings.model_engine)
+
+
+def engine_defaults(engines: Mapping[str, ModelEngine]) -> Callable[[str], ModelSpec]:
+    """An engine's default model by any name of the engine, under the engine's own name (nixtla: statsforecast)."""
+
+    def default(name: str) -> ModelSpec:
+        engine = engines.get(name)
+        if engine is None:
+            raise ValueError(f"unknown engine {name!r} (available: {', '.join(sorted(engines))})")
+        return ModelSpec(engine.name, engine.default_model, {})
+
+    return default
 
 
 # the pyproject extra that installs each optional engine's library
@@ -92,7 +113,8 @@ def model_checker(engines: Mapping[str, ModelEngine]) -> Callable[[ModelSpec], N
 def config_store(settings: Settings, engines: Mapping[str, ModelEngine] | None = None) -> YamlConfigStore:
     """The YAML rules store with PromQL and model validation wired in."""
     engines = engines or engine_registry()
-    return YamlConfigStore(settings.rules, default_model(settings, engines), check_promql, model_checker(engines))
+    return YamlConfigStore(settings.rules, default_model(settings, engines), check_promql, model_checker(engines),
+                           engine_defaults(engines))
 
 
 def tsdb_client(settings: Settings) -> PrometheusClient:
@@ -157,14 +179,14 @@ def remote_destinations(settings: Settings) -> list[RemoteDestination]:
 def result_sink(settings: Settings, page: ExpositionPage, telemetry: PrometheusTelemetry) -> FanOut:
     """Where results go (OA_OUTPUT_MODE): the /metrics page, remote write, or both; the page always serves the
     self-monitoring. Remote write's modules are imported only when it is used."""
-    destinations = remote_destinations(settings)
-    if settings.output_mode == "metrics":
+    destinations, mode = remote_destinations(settings), settings.outputs
+    if mode == "metrics":
         if destinations:
             log.warning("remote-write destinations are configured but --output.mode is metrics: nothing is written "
-                        "to them (set --output.mode to remote-write or both)")
+                        "to them (set --output.mode to remote-write or both, or leave it unset)")
         return FanOut([page])
     if not destinations:
-        raise ValueError(f"--output.mode={settings.output_mode} needs a destination: set --remote-write.url "
+        raise ValueError(f"--output.mode={mode} needs a destination: set --remote-write.url "
                          "(OA_REMOTE_WRITE_URL) or --remote-write.config-file")
     from .adapters.sinks.remote_write import RemoteWriteOptions, RemoteWriteSink
 
@@ -176,7 +198,7 @@ def result_sink(settings: Settings, page: ExpositionPage, telemetry: PrometheusT
     remote = RemoteWriteSink(destinations, settings.remote_write_queue_dir, options, telemetry.registry)
     # the page renders first: its oa_remote_write_queue_* show what the last interval left unsent (0 when the
     # receivers keep up), not the batches this very flush is about to queue
-    return FanOut([page if settings.output_mode == "both" else FlushOnly(page), remote])
+    return FanOut([page if mode == "both" else FlushOnly(page), remote])
 
 
 @dataclass
@@ -255,6 +277,10 @@ class App:
         """The rules files' version and the shard count file's content: either changing means reload."""
         count_file = self.settings.shard_count_file
         return self.rules_store.version() + (f"|{Path(count_file).read_text().strip()}" if count_file else "")
+
+    def ready(self) -> bool:
+        """GET /-/ready: the rules are loaded and the TSDB has answered at least once since the start."""
+        return self.rules is not None and (not isinstance(self.tsdb, Reachable) or self.tsdb.answered)
 
     def rules_status(self) -> list[RuleStatus]:
         """Every rule's state, models and fits, for GET /api/v1/rules."""
@@ -337,8 +363,9 @@ def bootstrap(
     dispatcher: JobDispatcher | None = None,
     queue: JobQueue | None = None,
     clock: Callable[[], float] = time.time,
+    watchers: Sequence[ResultSink] = (),
 ) -> App:
-    """Wire the daemon from settings; tests pass their own adapters."""
+    """Wire the daemon from settings; tests pass their own adapters, the demo `watchers` of the results."""
     engines = engine_registry()
     tsdb = tsdb or tsdb_client(settings)
     store = store or artifact_store(settings)
@@ -360,6 +387,8 @@ def bootstrap(
         trainer = Trainer(tsdb, engines, store, dispatcher, telemetry, clock, keep=settings.artifact_keep)
         inferencer = Inferencer(tsdb, engines, telemetry)
     output = result_sink(settings, page, telemetry)
+    if watchers:
+        output = FanOut([*output.sinks, *watchers])
     runner = Runner(trainer, inferencer, output, telemetry, clock)
     rules_store = config_store(settings, engines)
     preview_pool = LocalPoolDispatcher(1, settings.preview_timeout, retries=0)

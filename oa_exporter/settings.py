@@ -161,9 +161,10 @@ class Settings:
         "wins over --shard.count, so the count changes without a restart"))
 
     # -- where results go: the /metrics page, Prometheus remote write, or both --
-    output_mode: str = field(default="metrics", metadata=_opt(
-        "--output.mode", "OA_OUTPUT_MODE", "where results go: metrics (/metrics), remote-write, or both",
-        choices=("metrics", "remote-write", "both")))
+    output_mode: str = field(default="", metadata=_opt(
+        "--output.mode", "OA_OUTPUT_MODE",
+        "where results go: metrics (/metrics), remote-write, or both (default: metrics, and both when a "
+        "remote-write receiver is configured)", choices=("metrics", "remote-write", "both")))
     remote_write_urls: tuple[str, ...] = field(default=(), metadata=_opt(
         "--remote-write.url", "OA_REMOTE_WRITE_URL",
         "remote-write receiver, e.g. http://prometheus:9090/api/v1/write (repeatable; env: comma-separated)",
@@ -210,6 +211,13 @@ class Settings:
         "--remote-write.min-backoff", "OA_REMOTE_WRITE_MIN_BACKOFF", "first retry delay in seconds (doubling)"))
     remote_write_max_backoff: float = field(default=5.0, metadata=_opt(
         "--remote-write.max-backoff", "OA_REMOTE_WRITE_MAX_BACKOFF", "longest retry delay in seconds"))
+
+    @property
+    def outputs(self) -> str:
+        """The output mode in force: the one set, else metrics, plus remote write when a receiver is configured."""
+        if self.output_mode:
+            return self.output_mode
+        return "both" if self.remote_write_urls or self.remote_write_config_file else "metrics"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, preset: str | None = None) -> Settings:

@@ -59,6 +59,7 @@ class Rule:
     file: str = ""
     line: int = 0
     repeat_window: float = 0.0  # seconds within which a repeat excursion does not page (scoring.Repeats); 0: off
+    annotations: Mapping[str, str] = field(default_factory=dict)  # free text for people: shown, never exported
 
     def fingerprint(self) -> str:
         """Hash of the fields that change the fitted model; equal fingerprints mean reusable models."""
@@ -240,7 +241,7 @@ class RuleStatus:
 
     name: str
     group: str
-    state: str  # ok, error, fitting (no model yet, first fit running) or pending (no model yet)
+    state: str  # ok, error, no-series (its expr selects nothing), fitting (first fit running) or pending (no model yet)
     series: Mapping[str, int]
     last_fit: float | None  # training time of the model in use (unix seconds)
     next_fit: float | None  # when the next fit is due; None while one runs
@@ -250,6 +251,9 @@ class RuleStatus:
     fingerprint: str
     shard: Mapping[str, int] = field(default_factory=dict)  # index, count; series it owns of the query's total
     anomalous: int = 0  # series scoring above 1 in the last cycle
+    warning: str | None = None  # something to look at that stops nothing, e.g. an expr that selects no series
+    labels: Mapping[str, str] = field(default_factory=dict)  # the rule's own labels, on every output series
+    annotations: Mapping[str, str] = field(default_factory=dict)  # the rule's annotations, as written
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .domain import (
     ArtifactInfo,
@@ -37,6 +37,13 @@ class TsdbClient(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+
+
+@runtime_checkable
+class Reachable(Protocol):
+    """A TSDB client that knows whether its server has ever answered (readiness)."""
+
+    answered: bool
 
 
 class ModelEngine(Protocol):
@@ -157,6 +164,9 @@ class Telemetry(Protocol):
 
     def rule_health(self, rule: str, healthy: bool, error: str = "") -> None:
         """Whether the rule's last cycle worked."""
+
+    def rule_warning(self, rule: str, reason: str, active: bool) -> None:
+        """A condition of a rule that deserves a look but stops nothing (reason: no-series) began or ended."""
 
     def cycle_done(self, group: str, seconds: float, overrun: bool) -> None:
         """A group finished a scoring cycle."""

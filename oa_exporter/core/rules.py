@@ -30,6 +30,14 @@ LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 ExprChecker = Callable[[str], "str | None"]  # returns an error message, or None when the PromQL is valid
 ModelChecker = Callable[[ModelSpec], None]  # raises ValueError when no engine can build the spec
+# An engine as a rule names it (an alias included) -> its default model under the engine's own name;
+# raises ValueError for an unknown engine
+EngineDefaults = Callable[[str], ModelSpec]
+# The preset of rules that name none, and the word that opts out of presets (the plain defaults below)
+DEFAULT_PRESET = "default"
+NO_PRESET = "none"
+PLAIN = Preset(model=ModelSpec("", ""), train_window=14 * 86400.0, train_every=86400.0, horizon=3600.0, level=99.0,
+               min_history=86400.0, repeat_window=0.0)
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class _Context:
     default_model: ModelSpec
     check_expr: ExprChecker
     check_model: ModelChecker
+    engine_defaults: EngineDefaults | None = None
     problems: list[Problem] = field(default_factory=list)
     rule: str = ""
     near: int = 1  # the line of the list item being checked: where a value that carries no line is
@@ -59,12 +68,17 @@ def build_rule_set(
     default_model: ModelSpec,
     check_expr: ExprChecker = lambda expr: None,
     check_model: ModelChecker = lambda spec: None,
+    engine_defaults: EngineDefaults | None = None,
 ) -> RuleSet:
-    """Validate every document and build the rule set; raise RuleError listing every problem."""
+    """Validate every document and build the rule set; raise RuleError listing every problem.
+
+    `default_model` is the model of rules that name none when it is not the default preset's engine (the
+    preset's model wins on its own engine); `engine_defaults` gives a rule that names only an engine its
+    default model (without it, such a rule must name the model too)."""
     problems: list[Problem] = []
     groups: list[RuleGroup] = []
     for document in documents:
-        ctx = _Context(document.path, default_model, check_expr, check_model)
+        ctx = _Context(document.path, default_model, check_expr, check_model, engine_defaults)
         groups.extend(_groups(document.content, ctx))
         problems.extend(sorted(ctx.problems, key=lambda p: p.line))  # in line order, stable within a line
     problems.extend(_duplicate_rules(groups))
@@ -138,22 +152,23 @@ def _rule(node: Any, group: str, interval: float | None, ctx: _Context) -> Rule 
     ctx.rule = name
     before = len(ctx.problems)
     _known_keys(node, RULE_KEYS, "rule", ctx)
-    preset = _preset(node, ctx)
+    preset = _preset(node, ctx) or PLAIN
     expr = _expr(node, ctx)
     step = _duration(node, "step", interval or DEFAULT_INTERVAL, ctx)
     model = _model(node, ctx, preset)
     train = _section(node, "train", TRAIN_KEYS, ctx)
     forecast = _section(node, "forecast", FORECAST_KEYS, ctx)
-    window = _duration(train, "window", preset.train_window if preset else 14 * 86400.0, ctx)
-    every = _duration(train, "every", preset.train_every if preset else 86400.0, ctx)
-    horizon = _duration(forecast, "horizon", preset.horizon if preset else 3600.0, ctx)
-    level = _level(forecast, ctx, preset.level if preset else 99.0)
-    min_history = _duration(node, "min_history", preset.min_history if preset else 86400.0, ctx)
-    repeat_window = _repeat_window(node, preset.repeat_window if preset else 0.0, ctx)
+    window = _duration(train, "window", preset.train_window, ctx)
+    every = _duration(train, "every", preset.train_every, ctx)
+    horizon = _duration(forecast, "horizon", preset.horizon, ctx)
+    level = _level(forecast, ctx, preset.level)
+    # a window the rule shortened below the preset's warm-up: ready once the window is full
+    min_history = _duration(node, "min_history", min(preset.min_history, window or preset.min_history), ctx)
+    repeat_window = _repeat_window(node, preset.repeat_window, ctx)
     direction = _direction(node, ctx)
     max_series = _positive_int(node, "max_series", 10000, ctx)
     labels = _labels(node, "labels", ctx)
-    _labels(node, "annotations", ctx)
+    annotations = _labels(node, "annotations", ctx)
     if len(ctx.problems) > before:
         return None
     assert step and window and every and horizon and min_history and level and model and expr
@@ -169,6 +184,7 @@ def _rule(node: Any, group: str, interval: float | None, ctx: _Context) -> Rule 
         name=name, group=group, expr=expr, step=step, model=model, train_window=window, train_every=every,
         horizon=horizon, level=level, direction=direction, min_history=min_history, max_series=max_series,
         labels=labels, file=ctx.file, line=_line(node), repeat_window=repeat_window or 0.0,
+        annotations=annotations,
     )
 
 
@@ -185,17 +201,22 @@ def _expr(node: Mapping, ctx: _Context) -> str | None:
 
 
 def _preset(node: Mapping, ctx: _Context) -> Preset | None:
-    name = node.get("preset")
-    if name is None:
-        return None
+    """The rule's preset: the one it names, none for `preset: none`, the default preset when it names none."""
+    name = node.get("preset", DEFAULT_PRESET)
+    if name == NO_PRESET:
+        return PLAIN
     if not isinstance(name, str) or name not in PRESETS:
-        ctx.report(f"unknown preset {name!r} (available: {', '.join(sorted(PRESETS))})", node, "preset")
+        ctx.report(f"unknown preset {name!r} (available: {', '.join(sorted(PRESETS))}, or {NO_PRESET} for the "
+                   "plain defaults)", node, "preset")
         return None
     return PRESETS[name]
 
 
-def _model(node: Mapping, ctx: _Context, preset: Preset | None = None) -> ModelSpec | None:
-    if preset is not None and "model" not in node:  # the preset's model, whole
+def _model(node: Mapping, ctx: _Context, preset: Preset) -> ModelSpec | None:
+    # a rule naming no model takes its preset's, whole; without a preset named, only on the preset's engine
+    # (--model.engine set to another engine gives that engine's default model)
+    uses_preset_model = preset is not PLAIN and ("preset" in node or preset.model.engine == ctx.default_model.engine)
+    if uses_preset_model and "model" not in node:
         try:
             ctx.check_model(preset.model)
         except ValueError as e:
@@ -204,21 +225,44 @@ def _model(node: Mapping, ctx: _Context, preset: Preset | None = None) -> ModelS
         return preset.model
     section = _section(node, "model", MODEL_KEYS, ctx)
     engine = section.get("engine", ctx.default_model.engine)
-    name = section.get("name", ctx.default_model.name if engine == ctx.default_model.engine else None)
-    params = section.get("params", {} if "name" in section else ctx.default_model.params)
-    if not isinstance(engine, str) or not isinstance(name, str):
-        ctx.report("model needs 'name' (a string) when it names an engine other than the default", section)
+    if not isinstance(engine, str):
+        ctx.report("model.engine must be a string", section, "engine")
+        return None
+    base = _engine_default(engine, section, ctx)
+    if base is None:
+        return None
+    name = section.get("name", base.name)
+    params = section.get("params", {} if "name" in section else base.params)
+    if not isinstance(name, str) or not name:
+        ctx.report("model.name must be a string", section, "name")
         return None
     if not isinstance(params, Mapping):
         ctx.report("model.params must be a mapping", section, "params")
         return None
-    spec = ModelSpec(engine, name, dict(params))
+    spec = ModelSpec(base.engine, name, dict(params))
     try:
         ctx.check_model(spec)
     except ValueError as e:
         ctx.report(f"model: {e}", section or node, "name" if "name" in section else None)
         return None
     return spec
+
+
+def _engine_default(engine: str, section: Mapping, ctx: _Context) -> ModelSpec | None:
+    """The default model of the engine the rule names, under the engine's own name (an alias resolved)."""
+    if engine == ctx.default_model.engine:
+        return ctx.default_model
+    if ctx.engine_defaults is None:  # no engine catalogue: the rule must name its model
+        if "name" not in section:
+            ctx.report("model needs 'name' when it names an engine other than the default", section)
+            return None
+        return ModelSpec(engine, "")
+    try:
+        base = ctx.engine_defaults(engine)
+    except ValueError as e:
+        ctx.report(f"model: {e}", section, "engine")
+        return None
+    return ctx.default_model if base.engine == ctx.default_model.engine else base
 
 
 def _section(node: Mapping, key: str, allowed: set[str], ctx: _Context) -> Mapping:

@@ -15,6 +15,7 @@ RESOLUTION = 15.0  # seconds between generated samples, like a scrape interval
 HISTORY = 15 * 86400.0
 ANOMALY_START = 30.0
 ANOMALY_LENGTH = 240.0
+NOISE_LIMIT = 3.0
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ class DemoSignals:
         day = 2 * np.pi * (t / 86400.0 - 0.35)
         weekend = ((np.floor(t / 86400.0) + 4) % 7 >= 5).astype(float)  # 1970-01-01 was a Thursday
         shape = 1 + self._daily[rows] * np.sin(day) - 0.15 * weekend
-        noisy = shape * (1 + self._noise[rows] * _gaussian(rows, t, self.seed))
+        noise = np.clip(_gaussian(rows, t, self.seed), -NOISE_LIMIT, NOISE_LIMIT)
+        noisy = shape * (1 + self._noise[rows] * noise)
         return self._level[rows] * noisy * self._anomaly_factor(rows, t)
 
     def anomalous(self, rows: np.ndarray, times: np.ndarray) -> np.ndarray:

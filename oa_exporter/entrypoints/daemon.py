@@ -127,7 +127,7 @@ async def _start_web(app: App, address: str, enable_lifecycle: bool = False,
             return False
         return bool(await app.load_rules())
 
-    routes = make_app(app.page, lambda: app.rules is not None, reload, app.rules_status,
+    routes = make_app(app.page, app.ready, reload, app.rules_status,
                       lambda: app.reload_problems, enable_lifecycle, api=app,
                       writable=app.settings.web_enable_rules_api, security=guard)
     runner = web.AppRunner(routes, access_log=None)

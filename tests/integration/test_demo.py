@@ -44,12 +44,16 @@ def test_demo_scores_every_rule_and_flags_the_injected_anomaly(tmp_path):
             found = scrape(url).get("oa_anomaly_score", [])
             flagged = [s.labels for s in found if s.value > 1]
             time.sleep(1)
-        # the first scheduled anomaly: checkout on web-1 more than doubles its request rate
+        # the first scheduled anomaly, and only it: checkout on web-1 more than doubles its request rate (the
+        # demo's noise is bounded and its rules paging-grade, so calm series never page: tests/unit/test_demo_rules.py)
+        assert len(flagged) == 1, flagged
         assert {"rule": "demo_requests", "service": "checkout", "instance": "web-1"}.items() <= flagged[0].items()
-        calm = [s for s in found if s.labels.get("service") != "checkout" or s.labels.get("instance") != "web-1"]
-        assert sum(s.value < 1 for s in calm) >= 0.9 * len(calm)
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=15) == 0
+        output, _ = process.communicate(timeout=15)
+        assert process.returncode == 0
     finally:
         process.kill()
     assert not list(tmp_path.iterdir())  # the demo leaves nothing behind in the working directory
+    assert f"scores on http://127.0.0.1:{port}/metrics" in output
+    assert 'anomaly: demo_requests{instance="web-1",job="shop",service="checkout"} score ' in output
+    assert "OA_ARTIFACT_KEY is not set" not in output  # its temporary store signs with a throwaway key

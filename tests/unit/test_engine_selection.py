@@ -39,13 +39,43 @@ def _no_environment(monkeypatch):
         monkeypatch.delenv(name)
 
 
-@pytest.mark.parametrize("engine", ["nixtla", "statsforecast", "mlforecast", "neuralforecast", "darts", "sklearn"])
+# the library each engine needs beyond the base install (its extra), skipped where it is not installed
+LIBRARY = {"nixtla": "statsforecast", "statsforecast": "statsforecast", "mlforecast": "mlforecast",
+           "neuralforecast": "neuralforecast", "darts": "darts", "sklearn": "sklearn"}
+
+
+def needs(engine: str) -> None:
+    pytest.importorskip(LIBRARY[engine], reason=f"the {engine} engine's extra is not installed")
+
+
+@pytest.mark.parametrize("engine", list(LIBRARY))
 def test_oa_model_engine_picks_the_default_of_rules_that_name_none(tmp_path, engine):
+    needs(engine)
     path = rules_file(tmp_path, "{engine: statsforecast, name: AutoETS, params: {model: ZZN}}")
     settings = Settings.from_env({"OA_MODEL_ENGINE": engine}).with_overrides({"rules": (str(path),)})
     plain, chosen = config_store(settings).load().rules
-    assert (plain.model.engine, plain.model.name) == (engine, engine_registry()[engine].default_model)
+    own = engine_registry()[engine]
+    assert (plain.model.engine, plain.model.name) == (own.name, own.default_model)
     assert (chosen.model.engine, chosen.model.name) == ("statsforecast", "AutoETS")
+
+
+@pytest.mark.parametrize("engine", list(LIBRARY))
+def test_a_rule_naming_only_an_engine_gets_its_default_model(tmp_path, engine):
+    needs(engine)
+    path = rules_file(tmp_path, f"{{engine: {engine}}}")
+    plain, chosen = config_store(Settings(rules=(str(path),))).load().rules
+    own = engine_registry()[engine]
+    assert chosen.model == type(chosen.model)(own.name, own.default_model, {})
+    if own.name == "statsforecast":  # the alias and the library name are one engine: the same rule
+        assert chosen.model.engine == "statsforecast"
+
+
+def test_the_alias_and_the_library_name_make_the_same_rule(tmp_path):
+    path = rules_file(tmp_path, "{engine: nixtla, name: AutoETS}")
+    _, alias = config_store(Settings(rules=(str(path),))).load().rules
+    path.write_text(path.read_text().replace("nixtla", "statsforecast"))
+    _, library = config_store(Settings(rules=(str(path),))).load().rules
+    assert alias == library and alias.fingerprint() == library.fingerprint()
 
 
 def test_the_default_engine_is_nixtla_with_seasonal_profile():

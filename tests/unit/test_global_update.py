@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.unit.fakes import DAY, FakeTsdb, seasonal_series, value
 from tests.unit.harness import END
 
@@ -13,6 +15,7 @@ groups:
     rules:
       - anomaly: requests
         expr: {EXPR}
+        preset: none
         model: {{engine: mlforecast, name: Ridge}}
 """
 
@@ -26,6 +29,7 @@ def newcomers() -> list:
 
 
 async def test_new_series_of_a_global_model_are_scored_without_a_refit(start_daemon):
+    pytest.importorskip("mlforecast", reason="needs the mlforecast extra: pip install 'oa-exporter[mlforecast]'")
     tsdb = FakeTsdb({EXPR: seasonal_series("requests", 6, END - 3 * DAY + 60, END + 2 * 3600, seed=3)})
     daemon = await start_daemon(RULES, tsdb)
     await daemon.trained()

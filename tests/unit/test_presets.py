@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from oa_exporter.bootstrap import config_store
+from oa_exporter.core.domain import ModelSpec
 from oa_exporter.core.errors import RuleError
 from oa_exporter.core.presets import PRESETS
 from oa_exporter.settings import Settings
@@ -51,15 +54,58 @@ def test_keys_the_rule_sets_win_over_the_preset(tmp_path):
     assert rule.model.params == {"seasons": ["1d"]}  # a model of its own replaces the preset's whole
 
 
-def test_a_rule_without_a_preset_keeps_the_plain_defaults(tmp_path):
-    [rule] = load(tmp_path, """
+def test_a_rule_naming_no_preset_behaves_as_one_naming_the_default_preset(tmp_path):
+    plain, named = load(tmp_path, """
         groups:
           - name: g
             rules:
               - {anomaly: cpu, expr: node_cpu}
+              - {anomaly: mem, expr: node_cpu, preset: default}
     """).rules
-    assert (rule.train_window, rule.train_every, rule.level, rule.model.params) == (14 * DAY, DAY, 99.0, {})
+    assert replace(plain, name="mem", line=named.line) == named
+    assert plain.fingerprint() == named.fingerprint()
+
+
+def test_preset_none_opts_out_to_the_plain_defaults(tmp_path):
+    [rule] = load(tmp_path, """
+        groups:
+          - name: g
+            rules:
+              - {anomaly: cpu, expr: node_cpu, preset: none}
+    """).rules
+    assert (rule.train_window, rule.train_every, rule.level, rule.min_history) == (14 * DAY, DAY, 99.0, DAY)
+    assert rule.model == ModelSpec("statsforecast", "SeasonalProfile", {})
     assert rule.repeat_window == 0  # every excursion pages
+
+
+def test_a_rule_overrides_each_key_of_the_default_preset_without_naming_it(tmp_path):
+    [rule] = load(tmp_path, """
+        groups:
+          - name: g
+            rules:
+              - anomaly: cpu
+                expr: node_cpu
+                train: {window: 2d}
+                forecast: {level: 99.9}
+                repeat_window: off
+    """).rules
+    preset = PRESETS["default"]
+    assert (rule.train_window, rule.train_every) == (2 * DAY, preset.train_every)
+    assert (rule.level, rule.horizon, rule.repeat_window, rule.model) == (99.9, preset.horizon, 0.0, preset.model)
+    assert rule.min_history == 2 * DAY  # the preset's 3d warm-up would never end in a 2-day window
+
+
+def test_another_default_engine_gives_its_default_model_with_the_presets_training(tmp_path):
+    settings = Settings(rules=(str(write_rules(tmp_path / "rules.yaml", """
+        groups:
+          - name: g
+            rules:
+              - {anomaly: cpu, expr: node_cpu}
+    """)),), model_engine="sklearn")
+    pytest.importorskip("sklearn")
+    [rule] = config_store(settings).load().rules
+    assert rule.model == ModelSpec("sklearn", "Ridge", {})
+    assert rule.train_every == PRESETS["default"].train_every
 
 
 @pytest.mark.parametrize("setting, seconds", [("off", 0.0), ("0", 0.0), ("2h", 7200.0)])

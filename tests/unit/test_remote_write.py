@@ -630,6 +630,24 @@ async def test_metrics_mode_writes_nowhere_and_says_so(tmp_path, receiver, caplo
     assert receiver.requests == [] and "nothing is written" in caplog.text
 
 
+def test_the_default_output_mode_follows_the_configuration():
+    assert Settings().outputs == "metrics"
+    assert Settings(remote_write_urls=("http://a/api/v1/write",)).outputs == "both"
+    assert Settings(remote_write_config_file="rw.yaml").outputs == "both"
+    assert Settings(remote_write_urls=("http://a/api/v1/write",), output_mode="metrics").outputs == "metrics"
+    assert Settings.from_env({"OA_REMOTE_WRITE_URL": "http://a/api/v1/write"}).outputs == "both"
+
+
+async def test_a_receiver_given_without_a_mode_gets_the_results_and_the_page_keeps_them(tmp_path, receiver, caplog):
+    app = await wired(tmp_path, "", (receiver.url,))
+    try:
+        await eventually(lambda: len(receiver.accepted) == 3)
+    finally:
+        await app.close()
+    assert len(values(app.page.page(), "oa_y", rule="requests")) == 3
+    assert "nothing is written" not in caplog.text
+
+
 async def test_remote_write_mode_needs_a_destination(tmp_path):
     with pytest.raises(ValueError, match="needs a destination"):
         await wired(tmp_path, "remote-write", ())
@@ -646,6 +664,6 @@ def test_remote_write_settings_from_the_environment():
     assert settings.remote_write_headers == ("X-Scope-OrgID: team-a",)
     assert (settings.remote_write_queue_max_bytes, settings.remote_write_shards) == (1 << 20, 2)
     assert settings.remote_write_max_backoff == 1.5
-    assert Settings().output_mode == "metrics" and Settings().remote_write_queue_max_bytes == 1 << 30
+    assert Settings().outputs == "metrics" and Settings().remote_write_queue_max_bytes == 1 << 30
     with pytest.raises(ValueError, match="OA_OUTPUT_MODE"):
         Settings.from_env({"OA_OUTPUT_MODE": "kafka"})

@@ -10,6 +10,7 @@ import pytest
 from oa_exporter.bootstrap import config_store
 from oa_exporter.core.domain import Direction, ModelSpec
 from oa_exporter.core.errors import RuleError
+from oa_exporter.core.presets import PRESETS
 from oa_exporter.core.rules import build_rule_set
 from oa_exporter.entrypoints.cli import main
 from oa_exporter.settings import Settings
@@ -95,11 +96,13 @@ def test_defaults_fill_what_a_rule_leaves_out(tmp_path):
     assert errors.step == 30  # the group's interval
     assert rules.groups[1].interval == 60  # groups default to 1m
     assert load_rule.step == 60
-    assert errors.model == ModelSpec("nixtla", "SeasonalProfile", {})
-    assert (errors.train_window, errors.train_every) == (14 * DAY, DAY)
-    assert (errors.horizon, errors.level) == (3600, 99.0)
+    preset = PRESETS["default"]  # a rule naming no preset is the default preset's
+    assert errors.model == preset.model
+    assert (errors.train_window, errors.train_every) == (preset.train_window, preset.train_every)
+    assert (errors.horizon, errors.level) == (preset.horizon, preset.level)
     assert errors.direction is Direction.BOTH
-    assert errors.min_history == DAY
+    assert errors.min_history == preset.min_history
+    assert errors.repeat_window == preset.repeat_window
     assert errors.max_series == 10000
     assert dict(errors.labels) == {}
 

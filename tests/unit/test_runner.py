@@ -21,8 +21,10 @@ groups:
     rules:
       - anomaly: requests
         expr: {REQUESTS}
+        preset: none  # the plain defaults: a 99 % band, a daily refit
       - anomaly: errors
         expr: {ERRORS}
+        preset: none
         labels: {{team: web}}
 """
 SPIKED = ("host-00", "host-01")

@@ -15,7 +15,7 @@ from yaml.resolver import Resolver
 
 from ...core.domain import ModelSpec, RuleSet
 from ...core.errors import Problem, RuleError
-from ...core.rules import ExprChecker, ModelChecker, SourceDocument, build_rule_set
+from ...core.rules import EngineDefaults, ExprChecker, ModelChecker, SourceDocument, build_rule_set
 
 RULE_SUFFIXES = (".yaml", ".yml")
 
@@ -209,11 +209,13 @@ class YamlConfigStore:
         default_model: ModelSpec,
         check_expr: ExprChecker,
         check_model: ModelChecker,
+        engine_defaults: EngineDefaults | None = None,
     ):
         self.patterns = list(patterns)
         self.default_model = default_model
         self.check_expr = check_expr
         self.check_model = check_model
+        self.engine_defaults = engine_defaults
 
     def files(self) -> list[Path]:
         """The rules files the patterns name now."""
@@ -252,7 +254,8 @@ class YamlConfigStore:
             except RuleError as e:
                 problems.extend(e.problems)
         try:
-            rules = build_rule_set(documents, self.default_model, self.check_expr, self.check_model)
+            rules = build_rule_set(documents, self.default_model, self.check_expr, self.check_model,
+                                   self.engine_defaults)
         except RuleError as e:
             problems.extend(e.problems)
         if problems:

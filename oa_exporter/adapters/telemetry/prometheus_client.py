@@ -18,6 +18,7 @@ QUERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 FIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800)
 QUEUES = ("training", "inference")
 STATES = tuple(s.value for s in SeriesState)
+WARNINGS = ("no-series",)
 
 
 class _ModelAge(Collector):
@@ -53,6 +54,13 @@ class PrometheusTelemetry:
                             ["rule", "state"], registry=r)
         self.healthy = Gauge("oa_rule_healthy", "Whether the rule's last query and fit worked (1) or not (0).",
                              ["rule"], registry=r)
+        self.warnings = Gauge("oa_rule_warning", "Conditions of a rule that deserve a look, 1 while they hold, by "
+                              "reason: no-series (its expr has selected no series for 5 minutes: a typo in a "
+                              "metric or label name?).", ["rule", "reason"], registry=r)
+        self.annotations = Gauge("oa_rule_annotation", "The rule's annotations as written (always 1), for alert "
+                                 "templates: name is the annotation's key, value its text.",
+                                 ["rule", "name", "value"], registry=r)
+        self._annotations: dict[str, set[tuple[str, str]]] = {}  # per rule, the pairs exported
         self.query_seconds = Histogram("oa_query_duration_seconds", "TSDB query duration by kind (range, instant).",
                                        ["rule", "kind"], buckets=QUERY_BUCKETS, registry=r)
         self.query_failures = Counter("oa_query_failures", "TSDB queries that failed.", ["rule", "kind"],
@@ -74,8 +82,8 @@ class PrometheusTelemetry:
         self.rejected = Counter("oa_artifact_rejected", "Stored models refused (and refit) by reason: corrupt, "
                                 "signature, format, version, fingerprint, unreadable.", ["rule", "reason"], registry=r)
         self.artifact_failures = Counter("oa_artifact_failures", "Artifact store operations that failed, by "
-                                         "operation (read, write, delete, record).", ["rule", "operation"],
-                                         registry=r)
+                                         "operation (read, write, delete, record; list: searching the store for "
+                                         "models of removed rules).", ["rule", "operation"], registry=r)
         self.artifact_size = Gauge("oa_artifact_size_bytes", "Size of the rule's last stored model.", ["rule"],
                                    registry=r)
         self.artifact_write_seconds = Histogram("oa_artifact_write_duration_seconds", "Time to store a model.",
@@ -149,6 +157,9 @@ class PrometheusTelemetry:
     def rule_health(self, rule: str, healthy: bool, error: str = "") -> None:
         self.healthy.labels(rule).set(1 if healthy else 0)
 
+    def rule_warning(self, rule: str, reason: str, active: bool) -> None:
+        self.warnings.labels(rule, reason).set(1 if active else 0)
+
     def cycle_done(self, group: str, seconds: float, overrun: bool) -> None:
         self.cycle_seconds.labels(group).observe(seconds)
         if overrun:
@@ -161,10 +172,21 @@ class PrometheusTelemetry:
             self.reload_time.set(at)
             for rule in rules.rules:
                 self.refit_period.labels(rule.name).set(rule.train_every)
+                for reason in WARNINGS:
+                    self.warnings.labels(rule.name, reason)  # 0 from the start: an alert's `for` sees it
+                self._export_annotations(rule)
                 for counter in (self.fits, self.fit_failures, self.fallbacks):
                     counter.labels(rule.name)  # exported at 0 from the start: rate() and alerts see them
         else:
             self.reload_failures.inc()
+
+    def _export_annotations(self, rule: Rule) -> None:
+        pairs = set(rule.annotations.items())
+        for name, text in self._annotations.get(rule.name, set()) - pairs:
+            _remove(self.annotations, rule.name, name, text)
+        for name, text in pairs:
+            self.annotations.labels(rule.name, name, text).set(1)
+        self._annotations[rule.name] = pairs
 
     def artifact_rejected(self, rule: str, reason: str) -> None:
         self.rejected.labels(rule, reason).inc()
@@ -197,6 +219,10 @@ class PrometheusTelemetry:
             _remove(self.rejected if kind == "rejected" else self.artifact_failures, rule.name, label)
         for state in STATES:
             _remove(self.series, rule.name, state)
+        for reason in WARNINGS:
+            _remove(self.warnings, rule.name, reason)
+        for name, text in self._annotations.pop(rule.name, set()):
+            _remove(self.annotations, rule.name, name, text)
         for kind in ("range", "instant"):
             _remove(self.query_seconds, rule.name, kind)
             _remove(self.query_failures, rule.name, kind)

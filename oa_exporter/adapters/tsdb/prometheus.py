@@ -16,6 +16,7 @@ import asyncio
 import base64
 import functools
 import logging
+import os
 import ssl
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,7 @@ import orjson
 
 from ...core.domain import InstantVector, SeriesMatrix
 from ...core.errors import QueryError, TsdbError
+from ...core.throttle import Throttled
 from .matrix import METRIC, Grid, MatrixBuilder, parse_chunk, series_key, split
 from .series_split import Piece, groups, splittable
 
@@ -139,6 +141,8 @@ class PrometheusClient:
         self._series: dict[str, int] = {}  # per expression: how many series it returned last
         self._budgets: dict[str, int] = {}  # per expression: samples per query after the server refused more
         self._instant_groups: dict[str, int] = {}  # per bare selector refused whole: series per instant query
+        self.answered = False  # whether the TSDB has answered an HTTP request since the start (readiness)
+        self._retry_log = Throttled(log)
 
     async def query(self, expr: str, at: float) -> InstantVector:
         if expr in self._instant_groups:
@@ -286,7 +290,9 @@ class PrometheusClient:
                 if isinstance(e, QueryError) or attempt == self.retries:
                     raise
                 delay = self.backoff * 2**attempt
-                log.warning("query failed, retrying in %.1fs: %s", delay, e)
+                # one line a minute while the TSDB stays unreachable, not one per query and attempt
+                self._retry_log.log(logging.WARNING, "retry", f"{e}; retrying (every query, up to {self.retries} "
+                                    "times with backoff)")
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -296,18 +302,32 @@ class PrometheusClient:
             async with self._client().post(
                 url, data=params, headers=self.auth.request_headers(), ssl=self.auth.ssl_context,
             ) as response:
+                self.answered = True
                 body = await response.read()
                 if response.status != 200:
                     _raise_for(response.status, body, url)
                 return body
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise TsdbError(f"{url}: {type(e).__name__}: {e}") from e
+        except aiohttp.ClientConnectorError as e:
+            raise TsdbError(f"cannot reach the TSDB at {self.url}: {_reason(e.os_error)}") from e
+        except TimeoutError as e:
+            raise TsdbError(f"the TSDB at {self.url} did not answer within {self.timeout:g} s") from e
+        except (aiohttp.ClientError, OSError) as e:
+            raise TsdbError(f"cannot reach the TSDB at {self.url}: {type(e).__name__}: {e}") from e
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             timeout = aiohttp.ClientTimeout(total=self.timeout)
             self._session = aiohttp.ClientSession(timeout=timeout, json_serialize=lambda o: orjson.dumps(o).decode())
         return self._session
+
+
+def _reason(error: OSError) -> str:
+    """'connection refused', 'name or service not known', ...: the system's words, not the library's."""
+    if error.errno:
+        return os.strerror(error.errno).lower()
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    return str(error.strerror or error).lower()
 
 
 def _raise_for(status: int, body: bytes, url: str) -> None:

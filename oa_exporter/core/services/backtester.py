@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..domain import InstantVector, Rule, SeriesKey
+from ..durations import iso_time
 from ..errors import OAError
 from .inferencer import Forecasts, Inferencer
 from .runner import RuleSlot
@@ -148,7 +149,7 @@ class Backtester:
         try:
             bands = await self.inferencer.bands(slot.rule, forecasts.model, now)
         except OAError as e:
-            log.warning("rule %s: bands at %s failed: %s", slot.rule.name, now, e)
+            log.warning("rule %s: bands at %s failed: %s", slot.rule.name, iso_time(now), e)
             errors.append(f"{now}: {type(e).__name__}: {e}")
             return False
         slot.forecasts = Forecasts(forecasts.model, bands, forecasts.index)
@@ -162,7 +163,7 @@ class Backtester:
             slot.forecasts = Forecasts.of(model, await self.inferencer.bands(slot.rule, model, now))
         except Exception as e:  # as the runner: one failed fit never ends the replay
             slot.failures += 1
-            log.warning("rule %s: fit at %s failed: %s", slot.rule.name, now, e)
+            log.warning("rule %s: fit at %s failed: %s", slot.rule.name, iso_time(now), e)
             return f"{now}: {type(e).__name__}: {e}"
         slot.failures = 0
         return None

@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 
 from ..domain import FitEvent, InstantVector, Model, Rule, RuleGroup, RuleScores, RuleSet, RuleStatus, SeriesState
+from ..durations import iso_time
 from ..errors import OAError
 from ..ports import ResultSink, Telemetry
 from ..scoring import Repeats
 from ..sharding import Ownership, Shard
+from ..throttle import Throttled
 from .inferencer import Forecasts, Inferencer
 from .trainer import Trainer
 
@@ -25,6 +27,8 @@ log = logging.getLogger(__name__)
 NEW_SERIES_REFIT = 3600.0  # while series without a model are present, refit at most this often
 NEW_SERIES_UPDATE = 600.0  # ... or, for global models, condition the model on them at most this often
 FIT_HISTORY = 20  # fits of each rule kept for the API, newest last
+NO_SERIES_WARNING = 300.0  # a rule whose expr has selected no series for this long is flagged (typo?)
+NO_SERIES = "no-series"
 
 
 @dataclass
@@ -49,6 +53,8 @@ class RuleSlot:
     resharded: bool = False  # the shard layout changed: series that came to this shard are fitted at once
     scores: RuleScores | None = None  # the last cycle's results
     fit_history: deque[FitEvent] = field(default_factory=lambda: deque(maxlen=FIT_HISTORY))
+    empty_since: float | None = None  # since when the rule's expr has selected no series (None: it selects some)
+    warning: str = ""  # something to look at that stops nothing ("" when all is well)
 
     def next_fit(self, interval: float) -> float:
         """When a (re)fit is due: at train.every, retried with backoff while fits fail, sooner (at most hourly)
@@ -94,6 +100,7 @@ class Runner:
     shard: Shard = field(default_factory=Shard)  # this replica's share of every rule's series
     _groups: list[asyncio.Task] = field(default_factory=list)
     _closing: bool = False
+    _failures_log: Throttled = field(default_factory=lambda: Throttled(log))  # a lasting outage: a line a minute
 
     def reshard(self, shard: Shard) -> None:
         """Adopt a new shard layout: series that left stop being scored (and exported) at the next cycle, every
@@ -182,7 +189,7 @@ class Runner:
                 slot.forecasts = Forecasts(slot.forecasts.model, bands, slot.forecasts.index)
             queried = await self.inferencer.sample(rule, now)
         except OAError as e:
-            log.error("rule %s: scoring failed: %s", rule.name, e)
+            self._failures_log.log(logging.ERROR, rule.name, f"rule {rule.name}: scoring failed: {e}")
             slot.cycle_error = str(e)
             self.telemetry.rule_health(rule.name, False, str(e))
             self.sink.forget(rule.name)
@@ -191,11 +198,31 @@ class Runner:
         scores = await asyncio.to_thread(self._score_and_publish, slot, queried)
         slot.scores = scores
         slot.unmodelled = int(scores.ready.size - scores.ready.sum())
+        if slot.cycle_error:
+            log.info("rule %s: scoring works again", rule.name)
+            self._failures_log.clear(rule.name)
         slot.series, slot.cycle_error = dict(scores.states), ""
+        self._watch_emptiness(slot, slot.owned[1], now)  # the query's series, whichever shard owns them
         self.telemetry.rule_health(rule.name, slot.failures == 0)
         if slot.update_due(now, group.interval):
             slot.last_update = now
             slot.fit_task = asyncio.create_task(self._update(slot, now), name=f"update:{rule.name}")
+
+    def _watch_emptiness(self, slot: RuleSlot, series: int, now: float) -> None:
+        """Flag a rule whose expr has selected nothing for NO_SERIES_WARNING (log, API, oa_rule_warning)."""
+        name = slot.rule.name
+        if series:
+            if slot.warning:
+                log.info("rule %s: its expr selects %d series again", name, series)
+                self.telemetry.rule_warning(name, NO_SERIES, False)
+            slot.empty_since, slot.warning = None, ""
+            return
+        slot.empty_since = now if slot.empty_since is None else slot.empty_since
+        if not slot.warning and now - slot.empty_since >= NO_SERIES_WARNING:
+            slot.warning = (f"its expr has selected no series for {(now - slot.empty_since) / 60:.0f} minutes: is a "
+                            "metric or label name misspelt, or is the target not scraped yet?")
+            log.warning("rule %s: %s (expr: %s)", name, slot.warning, slot.rule.expr)
+            self.telemetry.rule_warning(name, NO_SERIES, True)
 
     def _score_and_publish(self, slot: RuleSlot, queried: InstantVector) -> RuleScores:
         vector = slot.ownership.select(queried, self.shard)
@@ -209,7 +236,7 @@ class Runner:
         slot.loaded = True
         model = await self.trainer.load(slot.rule, now)
         if model is not None:
-            log.info("rule %s: loaded the stored model trained at %s", slot.rule.name, model.trained_at)
+            log.info("rule %s: loaded the stored model trained at %s", slot.rule.name, iso_time(model.trained_at))
             await self._adopt(slot, model, now)
 
     async def _fit(self, slot: RuleSlot, now: float) -> None:
@@ -220,7 +247,9 @@ class Runner:
             await self._adopt(slot, model, self.clock())
             slot.failures, slot.fit_error = 0, ""
             slot.fit_history.append(FitEvent(now, self.clock(), True, series=len(model.keys)))
-            log.info("rule %s: fitted %d series", rule.name, len(model.keys))
+            log.info("rule %s: fitted %d series%s", rule.name, len(model.keys),
+                     "" if model.keys else " (its expr selects none with enough history yet)")
+            await self.trainer.prune_removed(set(self.slots), self.clock())
         except Exception as e:  # OAError is expected (TSDB down, cardinality); others are bugs, logged loudly
             slot.failures += 1
             slot.fit_error = str(e) or type(e).__name__
@@ -268,14 +297,16 @@ class Runner:
         record = self.trainer.records.get(rule.name)
         record = record if record is not None and record.fingerprint == rule.fingerprint() else None
         fitting = slot.fit_task is not None and not slot.fit_task.done()
-        state = "error" if slot.error else "ok" if model else "fitting" if fitting else "pending"
+        state = ("error" if slot.error else NO_SERIES if slot.warning else "ok" if model else
+                 "fitting" if fitting else "pending")
         series = {s.value: 0 for s in SeriesState} | (slot.series or dict(record.series if record else {}))
         last_fit = model.trained_at if model else record.trained_at if record else None
         return RuleStatus(
             name=rule.name, group=group.name, state=state, series=series, last_fit=last_fit,
             next_fit=None if fitting else max(slot.next_fit(group.interval), now),
             fits_since_start=self.fits.get(rule.name, 0), artifact=model.artifact or None if model else None,
-            error=slot.error or None, fingerprint=rule.fingerprint(),
+            error=slot.error or None, fingerprint=rule.fingerprint(), warning=slot.warning or None,
+            labels=dict(rule.labels), annotations=dict(rule.annotations),
             shard={"index": self.shard.index, "count": self.shard.count, "series": slot.owned[0],
                    "of": slot.owned[1]},
             anomalous=int(np.count_nonzero(slot.scores.score > 1.0)) if slot.scores is not None else 0,

@@ -12,11 +12,17 @@ from dataclasses import replace
 import numpy as np
 
 from ..domain import FitRecord, Model, Rule, SeriesMatrix, SeriesState
+from ..durations import format_duration
 from ..errors import ArtifactError, ArtifactRejected, CardinalityError, DispatchError, EngineError, RejectReason
 from ..ports import ArtifactStore, JobDispatcher, ModelEngine, Telemetry, TsdbClient
 from ..sharding import Shard, select_history
 
 log = logging.getLogger(__name__)
+# Models of a rule that no rules file names any more are deleted once the newest of them is this old: a rule
+# removed by mistake and put back within a week keeps its model, and a rule that another replica sharing the
+# store still scores (and so refits) is never touched.
+REMOVED_RULE_GRACE = 7 * 86400.0
+ORPHAN_CHECK_PERIOD = 3600.0  # how often the store is searched for them
 
 
 class Trainer:
@@ -41,6 +47,7 @@ class Trainer:
         self.keep = max(keep, 1)  # the newest model is the one in use: never prune it
         self.records: dict[str, FitRecord] = {}  # per rule: how its last fit went (ours, or a stored one)
         self.shard = Shard()  # the series this replica fits: its share of every rule's (a reload may change it)
+        self._orphans_checked = -math.inf
 
     async def train(self, rule: Rule, now: float) -> Model:
         """Query the training window, fit every series with enough history, store the model; record the outcome."""
@@ -89,6 +96,30 @@ class Trainer:
         fitted = await asyncio.to_thread(engine.update, model, fresh)
         return replace(model, keys=fresh.keys, labels=fresh.labels, fitted=fitted,
                        window_end=float(fresh.timestamps[-1]), artifact="")
+
+    async def prune_removed(self, rules: set[str], now: float) -> None:
+        """Delete the stored models of rules not in `rules` whose newest model is older than REMOVED_RULE_GRACE
+        (at most once per ORPHAN_CHECK_PERIOD); a store failure is logged and counted, never raised."""
+        if now - self._orphans_checked < ORPHAN_CHECK_PERIOD:
+            return
+        self._orphans_checked = now
+        try:
+            stored = await self.store.list()
+        except (ArtifactError, OSError) as e:
+            self._failed("", "list", e)
+            return
+        newest: dict[str, float] = {}
+        for info in stored:
+            newest[info.rule] = max(newest.get(info.rule, -math.inf), info.trained_at)
+        removed = {rule for rule, at in newest.items() if rule not in rules and now - at >= REMOVED_RULE_GRACE}
+        for info in (i for i in stored if i.rule in removed):
+            try:
+                await self.store.delete(info.id)
+            except (ArtifactError, OSError) as e:
+                self._failed(info.rule, "delete", e)
+        if removed:
+            log.info("deleted the stored models of %d removed rules (%s): none was trained in the last %s",
+                     len(removed), ", ".join(sorted(removed)), format_duration(REMOVED_RULE_GRACE))
 
     def forget(self, rule: str) -> None:
         """Drop what is kept in memory about a removed rule (its stored models and record stay)."""

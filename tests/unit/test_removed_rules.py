@@ -1,0 +1,54 @@
+"""Models of rules that were removed leave the store once the grace period has passed; restart logs read well."""
+
+from __future__ import annotations
+
+import logging
+
+from oa_exporter.core.services.trainer import REMOVED_RULE_GRACE
+from tests.unit.fakes import DAY, FakeTsdb, seasonal_series
+from tests.unit.harness import END, write_rules
+
+RULES = """
+groups:
+  - name: web
+    interval: 1m
+    rules:
+      - {anomaly: requests, expr: requests, preset: none}
+      - {anomaly: errors, expr: errors, preset: none}
+"""
+
+
+def tsdb() -> FakeTsdb:
+    return FakeTsdb({name: seasonal_series(name, 2, END - 3 * DAY, END + 10 * DAY) for name in ("requests", "errors")})
+
+
+async def test_the_models_of_a_removed_rule_are_deleted_after_the_grace_period(start_daemon, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    daemon = await start_daemon(RULES, tsdb())
+    await daemon.trained()
+    assert len(list((tmp_path / "models").rglob("*.oamodel"))) == 2
+    write_rules(tmp_path / "rules.yaml", RULES.split("      - {anomaly: errors")[0])
+    assert await daemon.load()
+    await daemon.trained(END + 3 * DAY)  # a refit of the rule in force: within the grace period, kept
+    assert len(list((tmp_path / "models").rglob("*.oamodel"))) == 3
+    await daemon.trained(END + REMOVED_RULE_GRACE + DAY)
+    assert {info.rule for info in await daemon.app.store.list()} == {"requests"}
+    assert any("deleted the stored models of 1 removed rules (errors)" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_rule_put_back_within_the_grace_period_keeps_its_model(start_daemon, tmp_path):
+    daemon = await start_daemon(RULES, tsdb())
+    await daemon.trained()
+    write_rules(tmp_path / "rules.yaml", RULES.split("      - {anomaly: errors")[0])
+    assert await daemon.load()
+    await daemon.trained(END + 2 * DAY)
+    assert {info.rule for info in await daemon.app.store.list()} == {"requests", "errors"}
+
+
+async def test_a_restart_logs_when_the_stored_model_was_trained_as_an_iso_time(start_daemon, caplog):
+    caplog.set_level(logging.INFO)
+    first = await start_daemon(RULES, tsdb())
+    await first.trained()
+    restarted = await start_daemon(RULES, tsdb(), now=END + 600)  # shares the first one's store
+    await restarted.cycle()  # loads the stored models instead of refitting
+    assert any("loaded the stored model trained at 2023-11-15T00:00:00Z" in r.getMessage() for r in caplog.records)
