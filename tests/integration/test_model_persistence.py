@@ -41,6 +41,7 @@ def rules_text(count: int, selector: str = "", model: str = BIG_MODEL, exprs: di
       - anomaly: r{i}
         expr: {expr}
         step: 1m
+        preset: none
         train: {{window: 1d, every: 1d}}
         min_history: 12h
         model: {model}""")
