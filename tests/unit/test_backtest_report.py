@@ -47,6 +47,7 @@ def backtest(tmp_path_factory) -> tuple[Path, str]:
                 step: 5m
                 train: {window: 7d, every: 6h}
                 forecast: {horizon: 1h, level: 99.99}
+                min_history: 1d
               - anomaly: slow_start
                 expr: x
                 step: 5m
