@@ -42,7 +42,8 @@ def big(n: int) -> np.ndarray:
 
 @pytest.fixture
 async def pool():
-    dispatcher = LocalPoolDispatcher(workers=2, timeout=5)
+    # a generous limit: on a loaded machine the first job also starts the forkserver and imports numpy
+    dispatcher = LocalPoolDispatcher(workers=2, timeout=120)
     yield dispatcher
     await dispatcher.close()
 
@@ -78,7 +79,7 @@ async def test_a_job_past_its_limit_is_killed_and_the_pool_goes_on():
 
 
 async def test_at_most_workers_jobs_run_at_once():
-    pool = LocalPoolDispatcher(workers=2, timeout=10)
+    pool = LocalPoolDispatcher(workers=2, timeout=120)
     finished = sorted(await asyncio.gather(*(pool.run(sleep, 0.6) for _ in range(4))))
     assert finished[2] - finished[0] > 0.4  # the third job waited for a slot
 
@@ -114,7 +115,7 @@ class Jobs:
 
 async def test_a_job_whose_process_died_is_tried_again_within_the_bound(tmp_path):
     jobs = Jobs()
-    pool = LocalPoolDispatcher(workers=1, timeout=10, retries=1, telemetry=jobs)
+    pool = LocalPoolDispatcher(workers=1, timeout=120, retries=1, telemetry=jobs)
     assert await pool.run(crash_once, str(tmp_path / "marker")) == "done"
     assert jobs.events == [("queued", "training"), ("running", "training"), ("done", "training", True, 1, "")]
     jobs.events.clear()
@@ -133,10 +134,10 @@ async def test_a_timeout_is_reported_as_one():
 
 
 async def test_a_gpu_job_gets_its_own_device_and_runs_on_the_cpu_without_one(caplog):
-    with_gpus = LocalPoolDispatcher(workers=2, timeout=10, gpus=GpuSlots(lambda: [(0, 1_000), (3, 9_000)]))
+    with_gpus = LocalPoolDispatcher(workers=2, timeout=120, gpus=GpuSlots(lambda: [(0, 1_000), (3, 9_000)]))
     assert await with_gpus.run(visible_devices, gpu=True) == "3"  # the device with the most free memory
     assert await with_gpus.run(visible_devices) == os.environ.get("CUDA_VISIBLE_DEVICES")  # CPU jobs: untouched
-    without = LocalPoolDispatcher(workers=1, timeout=10, gpus=GpuSlots(lambda: []))
+    without = LocalPoolDispatcher(workers=1, timeout=120, gpus=GpuSlots(lambda: []))
     with caplog.at_level(logging.WARNING):
         assert await without.run(visible_devices, gpu=True) == ""  # torch in the job sees no device
         assert await without.run(visible_devices, gpu=True) == ""
