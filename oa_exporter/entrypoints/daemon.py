@@ -21,7 +21,7 @@ from aiohttp import web
 from ..adapters.sinks.exposition import CONTENT_TYPE
 from ..bootstrap import App, bootstrap
 from ..settings import Settings
-from .scrape_front import HEADER_TIMEOUT, ScrapeFront
+from .scrape_front import HEADER_TIMEOUT, IDLE_TIMEOUT, ScrapeFront
 from .web import make_app
 from .web_config import WebConfigError, WebGuard
 
@@ -130,7 +130,7 @@ async def _start_web(app: App, address: str, enable_lifecycle: bool = False,
     routes = make_app(app.page, app.ready, reload, app.rules_status,
                       lambda: app.reload_problems, enable_lifecycle, api=app,
                       writable=app.settings.web_enable_rules_api, security=guard)
-    runner = web.AppRunner(routes, access_log=None)
+    runner = web.AppRunner(routes, access_log=None, keepalive_timeout=IDLE_TIMEOUT)  # aiohttp's default: 3,630 s
     await runner.setup()
     front = ScrapeFront(app.page.page, CONTENT_TYPE, _hand_over_to(runner), security=guard)
     try:

@@ -31,12 +31,13 @@ from .web_config import WebSecurity
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 8192  # a scrape request's headers are a few hundred bytes; longer ones go to aiohttp
-HEAD_WAIT = 1.0  # seconds to wait for a request's headers to arrive whole before handing over
-HEADER_TIMEOUT = 10.0  # TLS: seconds for the handshake and for a request's headers to arrive whole
+HEADER_TIMEOUT = 10.0  # seconds for a request's head (and a TLS handshake) to arrive whole, else the connection is cut
 ACCEPT_BACKOFF = 0.1  # seconds between accept attempts while the process is out of descriptors
 IDLE_TIMEOUT = 75.0  # keep-alive, as aiohttp's default
 SEND_TIMEOUT = 60.0  # a scraper that stops reading for this long loses its connection
 MAX_CONNECTIONS = 64  # scrape connections served from threads; more go to aiohttp
+MAX_PER_CLIENT = 16  # connections one client address may hold in the front's threads; more are closed
+WARN_EVERY = 60.0  # seconds between log lines about one kind of refused connection
 
 Page = Callable[[bool], bytes]  # gzipped? -> the latest rendered page
 HandOver = Callable[[socket.socket, "ssl.SSLContext | None"], None]  # a connection, unread, to aiohttp (TLS or not)
@@ -127,6 +128,7 @@ def _has_body(headers: dict[str, str]) -> bool:
     return "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
 
 
+REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n"
                b"Connection: close\r\n\r\nBad Request\n")
 
@@ -151,12 +153,15 @@ class ScrapeFront:
     """
 
     def __init__(self, page: Page, content_type: str, hand_over: HandOver, max_connections: int = MAX_CONNECTIONS,
-                 security: Callable[[], WebSecurity] = WebSecurity):
+                 security: Callable[[], WebSecurity] = WebSecurity, max_per_client: int = MAX_PER_CLIENT):
         self._page = page
         self._content_type = content_type
         self._hand_over = hand_over
         self._security = security
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._max_per_client = max_per_client
+        self._per_client: dict[str, int] = {}
+        self._warned_at = -WARN_EVERY
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -190,22 +195,52 @@ class ScrapeFront:
         listener = self._listener
         while listener is not None and listener.fileno() >= 0:
             try:
-                connection, _ = listener.accept()
+                connection, address = listener.accept()
             except OSError as e:
                 if self._listener is None or listener.fileno() < 0:
                     return  # closed
                 self._wait_for_descriptors(e)
                 continue
+            self._out_of_descriptors = False
+            client = address[0] if isinstance(address, tuple) else ""
+            if not self._admit(client):
+                _shut(connection)
+                connection.close()
+                continue
             security = self._security()
             if not self._slots.acquire(blocking=False):
+                self._leave(client)
                 self._give_away(connection, security)
                 continue
             try:
-                threading.Thread(target=self._serve, args=(connection, security), name="scrape",
+                threading.Thread(target=self._serve, args=(connection, security, client), name="scrape",
                                  daemon=True).start()
             except RuntimeError:  # no thread to be had: the event loop still can answer
                 self._slots.release()
+                self._leave(client)
                 self._give_away(connection, security)
+
+    def _admit(self, client: str) -> bool:
+        """Count a connection against its client's cap; False (and a log line now and then) past it."""
+        with self._lock:
+            held = self._per_client.get(client, 0)
+            if held < self._max_per_client:
+                self._per_client[client] = held + 1
+                return True
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_EVERY:
+            self._warned_at = now
+            log.warning("closing connections from %s: it holds %d, the most one client may (idle or trickling "
+                        "connections; the scrape front serves others first)", client, held)
+        return False
+
+    def _leave(self, client: str) -> None:
+        with self._lock:
+            held = self._per_client.get(client, 1) - 1
+            if held > 0:
+                self._per_client[client] = held
+            else:
+                self._per_client.pop(client, None)
 
     def _wait_for_descriptors(self, error: OSError) -> None:
         """Out of descriptors (EMFILE/ENFILE) or another accept failure: back off, say so once, keep accepting."""
@@ -216,7 +251,7 @@ class ScrapeFront:
 
     _out_of_descriptors = False
 
-    def _serve(self, connection: socket.socket, security: WebSecurity) -> None:
+    def _serve(self, connection: socket.socket, security: WebSecurity, client: str = "") -> None:
         with self._lock:
             self._open.add(connection)
         kept = False
@@ -229,10 +264,10 @@ class ScrapeFront:
         except (OSError, ssl.SSLError) as e:
             log.debug("scrape connection ended: %s", e)
         finally:
-            self._out_of_descriptors = False
             with self._lock:
                 self._open.discard(connection)
             self._slots.release()
+            self._leave(client)
             if not kept:
                 connection.close()
 
@@ -240,6 +275,10 @@ class ScrapeFront:
         """Answer scrapes until the connection closes (False) or asks for something else (True: handed over)."""
         while True:
             data = _peek_head(connection)
+            if data is None:
+                log.debug("cut a connection whose request head took longer than %.0f s", HEADER_TIMEOUT)
+                connection.sendall(REQUEST_TIMEOUT)
+                return False
             if not data:
                 return False
             try:
@@ -350,19 +389,23 @@ def _relay(tls: ssl.SSLSocket, buffered: bytes, hand_over: HandOver) -> None:
                 (ours if source is tls else tls).sendall(data)
 
 
-def _peek_head(connection: socket.socket) -> bytes:
-    """The next request's bytes without reading them: b'' when the peer closed or went idle.
+def _peek_head(connection: socket.socket) -> bytes | None:
+    """The next request's bytes without reading them: b'' when the peer closed or went idle, None when its
+    head did not arrive whole within HEADER_TIMEOUT (a trickling client: cut).
 
-    Blocks (no GIL) until the first bytes arrive; headers split over several packets are waited for
-    briefly, and past MAX_HEAD or HEAD_WAIT the partial bytes are returned for aiohttp to deal with.
+    Blocks (no GIL) until the first bytes arrive; the rest of a head split over several packets is looked for
+    at growing intervals (2 to 50 ms); past MAX_HEAD the bytes are returned for aiohttp to refuse.
     """
     try:
         data = connection.recv(MAX_HEAD, socket.MSG_PEEK)
     except (TimeoutError, BlockingIOError):
         return b""  # idle past the keep-alive timeout
-    deadline = time.monotonic() + HEAD_WAIT
-    while data and b"\r\n\r\n" not in data and len(data) < MAX_HEAD and time.monotonic() < deadline:
-        time.sleep(0.002)
+    deadline, pause = time.monotonic() + HEADER_TIMEOUT, 0.002
+    while data and b"\r\n\r\n" not in data and len(data) < MAX_HEAD:
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
         data = connection.recv(MAX_HEAD, socket.MSG_PEEK)
     return data
 
