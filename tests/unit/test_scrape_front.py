@@ -32,7 +32,8 @@ async def server():
         reloads.append(time.time())
         return True
 
-    app = SimpleNamespace(page=page, rules=object(), load_rules=load_rules, rules_status=list, reload_problems=[],
+    app = SimpleNamespace(page=page, rules=object(), ready=lambda: True, load_rules=load_rules,
+                          rules_status=list, reload_problems=[],
                           settings=Settings())
     web = await daemon._start_web(app, "127.0.0.1:0", enable_lifecycle=True)
     web.reloads = reloads
@@ -111,7 +112,8 @@ async def test_headers_in_two_packets_and_connection_close(server):
 async def test_scrapes_beyond_the_thread_limit_are_still_answered():
     page = ExpositionPage(extra=lambda: PAGE_TEXT)
     page.flush()
-    app = SimpleNamespace(page=page, rules=object(), load_rules=None, rules_status=list, reload_problems=[],
+    app = SimpleNamespace(page=page, rules=object(), ready=lambda: True, load_rules=None,
+                          rules_status=list, reload_problems=[],
                           settings=Settings())
     web = await daemon._start_web(app, "127.0.0.1:0")
     web.front._slots = threading.BoundedSemaphore(1)  # one scrape thread

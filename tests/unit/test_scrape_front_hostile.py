@@ -38,7 +38,8 @@ async def server():
         reloads.append(1)
         return True
 
-    app = SimpleNamespace(page=page, rules=object(), load_rules=load_rules, rules_status=list, reload_problems=[],
+    app = SimpleNamespace(page=page, rules=object(), ready=lambda: True, load_rules=load_rules,
+                          rules_status=list, reload_problems=[],
                           settings=Settings())
     web = await daemon._start_web(app, "127.0.0.1:0", enable_lifecycle=True)
     web.reloads = reloads

@@ -39,7 +39,8 @@ async def start(config: Path | None, enable_lifecycle: bool = False):
         reloads.append(time.time())
         return True
 
-    app = SimpleNamespace(page=page, rules=object(), load_rules=load_rules, rules_status=list, reload_problems=[],
+    app = SimpleNamespace(page=page, rules=object(), ready=lambda: True, load_rules=load_rules,
+                          rules_status=list, reload_problems=[],
                           settings=Settings())
     web = await daemon._start_web(app, "127.0.0.1:0", enable_lifecycle, WebGuard(str(config or "")))
     web.reloads = reloads
