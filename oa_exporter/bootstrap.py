@@ -143,10 +143,16 @@ def artifact_store(settings: Settings) -> ArtifactStore:
     if settings.artifact_store == "noop":
         return NoopArtifactStore()
     key = artifact_key(settings)
-    if key is None:  # a shared bucket deserves the warning more than the daemon's own directory
-        log.log(logging.WARNING if settings.artifact_store == "s3" else logging.INFO,
-                "OA_ARTIFACT_KEY is not set: stored models are checksummed, not signed; whoever can write the "
-                "%s artifact store can run code in this process (models are pickles)", settings.artifact_store)
+    if key is None and settings.artifact_require_signature:
+        raise ValueError("--artifact.require-signature: set OA_ARTIFACT_KEY or --artifact.key-file, the key that "
+                         "signs and checks stored models")
+    if key is None:
+        where = f"s3://{settings.s3_bucket}/{settings.s3_prefix}" if settings.artifact_store == "s3" else \
+            settings.artifact_dir
+        log.warning("the %s artifact store %s is unsigned (OA_ARTIFACT_KEY is not set): stored models are "
+                    "checksummed, not signed; whoever can write there can run code in this process (models are "
+                    "pickles); set OA_ARTIFACT_KEY, and --artifact.require-signature to insist on it",
+                    settings.artifact_store, where)
     if settings.artifact_store == "s3":
         from .adapters.stores.s3 import S3ArtifactStore
 

@@ -108,6 +108,9 @@ class Settings:
         "--artifact.key", "OA_ARTIFACT_KEY",
         "secret that signs stored models (HMAC-SHA256); unsigned or mis-signed models are refused unread. "
         "Prefer the variable or --artifact.key-file: a flag shows in the process list"))
+    artifact_require_signature: bool = field(default=False, metadata=_opt(
+        "--artifact.require-signature", "OA_ARTIFACT_REQUIRE_SIGNATURE",
+        "refuse to start without an artifact key, so that no unsigned model is ever loaded"))
     artifact_key_file: str = field(default="", metadata=_opt(
         "--artifact.key-file", "OA_ARTIFACT_KEY_FILE", "file holding the artifact signing key (wins over the key)"))
     s3_endpoint: str = field(default="", metadata=_opt(

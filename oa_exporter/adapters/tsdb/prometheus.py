@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 import numpy as np
@@ -129,7 +130,7 @@ class PrometheusClient:
         max_concurrency: int = 4,
         max_samples: int = DEFAULT_MAX_SAMPLES,
     ):
-        self.url = url.rstrip("/")
+        self.url, self._url_auth = _without_userinfo(url.rstrip("/"))  # self.url is what messages show
         self.auth = auth or HttpAuth()
         self.timeout = timeout
         self.retries = retries
@@ -299,8 +300,11 @@ class PrometheusClient:
     async def _post(self, endpoint: str, params: dict[str, str]) -> bytes:
         url = f"{self.url}/api/v1/{endpoint}"
         try:
+            headers = self.auth.request_headers()
+            if self._url_auth and "Authorization" not in headers:
+                headers = {**headers, "Authorization": self._url_auth}
             async with self._client().post(
-                url, data=params, headers=self.auth.request_headers(), ssl=self.auth.ssl_context,
+                url, data=params, headers=headers, ssl=self.auth.ssl_context,
             ) as response:
                 self.answered = True
                 body = await response.read()
@@ -319,6 +323,16 @@ class PrometheusClient:
             timeout = aiohttp.ClientTimeout(total=self.timeout)
             self._session = aiohttp.ClientSession(timeout=timeout, json_serialize=lambda o: orjson.dumps(o).decode())
         return self._session
+
+
+def _without_userinfo(url: str) -> tuple[str, str | None]:
+    """`http://user:pass@host/` as `http://host/` plus its Authorization header: credentials never reach a message."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    clean = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()
+    return clean, "Basic " + base64.b64encode(pair).decode()
 
 
 def _reason(error: OSError) -> str:
