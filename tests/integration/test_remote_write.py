@@ -44,7 +44,7 @@ groups:
 SERIES = 6
 FAMILIES = "oa_y|oa_yhat|oa_yhat_lower|oa_yhat_upper|oa_anomaly_score"
 ALL = f'{{__name__=~"{FAMILIES}",rule="requests"}}'
-MAX_GAP = 2.5  # seconds between two cycles' samples of one series, with the ticker's jitter (interval 1s)
+MAX_GAP = 2.5  # seconds between two cycles' samples of one series, with the ticker's jitter (interval 1s, fast cycles)
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +94,30 @@ def largest_gap(times: list[float]) -> float:
     return max((b - a for a, b in zip(times, times[1:])), default=0.0)
 
 
+def recording_cycles(runner) -> list[float]:
+    """The time of every scoring cycle the runner starts, as its samples are stamped."""
+    started: list[float] = []
+    cycle = runner.cycle
+
+    async def recorded(group, now):
+        started.append(now)
+        await cycle(group, now)
+
+    runner.cycle = recorded
+    return started
+
+
+def milliseconds(times: list[float]) -> set[int]:
+    return {round(t * 1000) for t in times}
+
+
+def slowest_cycle(found: dict) -> float:
+    """An upper bound of the daemon's slowest scoring cycle so far: the smallest bucket holding all of them."""
+    buckets = [(float(s.labels["le"]), s.value) for s in found["oa_cycle_duration_seconds_bucket"]]
+    total = max(count for _, count in buckets)
+    return min(bound for bound, count in buckets if count == total)
+
+
 async def wait_until(condition, timeout: float = 60.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -124,12 +148,15 @@ def all_results_arrived(receiver: TSDBServer) -> bool:
 async def test_results_arrive_queryable_with_their_names_labels_and_timestamps(source, receiver, tmp_path):
     receiver.start()
     settings = settings_for(source, receiver, tmp_path, "both")
+    app = bootstrap(settings)
+    cycles = recording_cycles(app.runner)
     stop = asyncio.Event()
     started = time.time()
-    task = asyncio.create_task(serve(settings, stop=stop))
+    task = asyncio.create_task(serve(settings, app=app, stop=stop))
     try:
-        await wait_until(lambda: all_results_arrived(receiver), what="every family of every series")
-        await asyncio.sleep(3)  # a few more cycles
+        await wait_until(lambda: all_results_arrived(receiver), timeout=180, what="every family of every series")
+        arrived = time.time()
+        await wait_until(lambda: len([t for t in cycles if t > arrived]) >= 3, what="a few more cycles")
         page = await scrape(f"http://{settings.web_listen_address}/metrics")
     finally:
         stop.set()
@@ -143,7 +170,8 @@ async def test_results_arrive_queryable_with_their_names_labels_and_timestamps(s
 
     times = stamps(receiver, "host-03")
     assert started <= times[0] and times[-1] <= time.time()
-    assert len(times) >= 3 and largest_gap(times) <= MAX_GAP and min(b - a for a, b in zip(times, times[1:])) > 0.5
+    assert len(times) >= 3 and min(b - a for a, b in zip(times, times[1:])) > 0.5
+    assert milliseconds([t for t in cycles if t >= times[0]][:-1]) <= milliseconds(times)  # every cycle's sample
     [y] = receiver.query('oa_y{instance="host-03"}', time=times[-1])["result"]
     [truth] = source.query('oa_test_requests{instance="host-03"}', time=times[-1])["result"]
     exact = isinstance(receiver, PrometheusServer)  # VictoriaMetrics keeps 12 significant digits
@@ -157,13 +185,16 @@ async def test_a_receiver_outage_during_scoring_loses_no_sample(source, receiver
     app = bootstrap(settings)
     registry = app.telemetry.registry
     url = write_url(receiver)
+    cycles = recording_cycles(app.runner)
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, app=app, stop=stop))
     try:
-        await wait_until(lambda: all_results_arrived(receiver), what="results before the outage")
+        await wait_until(lambda: all_results_arrived(receiver), timeout=180, what="results before the outage")
         receiver.stop()
         down = time.time()
-        await asyncio.sleep(5)  # about five cycles scored while the receiver is down
+        # five cycles scored while the receiver is down (about five seconds; longer on a loaded machine)
+        await wait_until(lambda: len([t for t in cycles if t > down]) >= 5 and time.time() - down >= 5,
+                         what="five cycles during the outage")
         page = await scrape(f"http://{settings.web_listen_address}/metrics")
         assert page["oa_remote_write_queue_samples"][0].value >= 4 * SERIES * 5
         assert page["oa_remote_write_samples_retried_total"][0].value > 0
@@ -182,9 +213,11 @@ async def test_a_receiver_outage_during_scoring_loses_no_sample(source, receiver
     assert registry.get_sample_value("oa_remote_write_queue_samples", {"url": url}) == 0
     assert not [s for m in registry.collect() if m.name == "oa_remote_write_samples_dropped" for s in m.samples]
     # every sample the daemon produced is in the TSDB, once (VictoriaMetrics shows the last writes after a while)
-    await wait_until(lambda: count(receiver) == queued, timeout=20, what=f"{queued:.0f} samples in the TSDB")
+    await wait_until(lambda: count(receiver) == queued, timeout=60, what=f"{queued:.0f} samples in the TSDB")
     times = stamps(receiver, "host-02")
-    assert times[0] < down and times[-1] > up + 1 and largest_gap(times) <= MAX_GAP  # the outage left no hole
+    assert times[0] < down and times[-1] > up + 1
+    scored = [t for t in cycles if t >= times[0]][:-1]  # the last cycle may have been cut short by the stop
+    assert milliseconds(scored) <= milliseconds(times)  # every cycle, outage or not, is in the TSDB: no hole
 
 
 def run_daemon(source: PrometheusServer, receiver: TSDBServer, tmp_path: Path, port: int) -> subprocess.Popen:
@@ -199,9 +232,13 @@ def run_daemon(source: PrometheusServer, receiver: TSDBServer, tmp_path: Path, p
     )
 
 
+def page_of(port: int) -> dict[str, list]:
+    return samples(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
+
+
 def metric_of(port: int, name: str) -> float | None:
     try:
-        found = samples(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode())
+        found = page_of(port)
     except OSError:
         return None
     return found[name][0].value if found.get(name) else None
@@ -213,25 +250,28 @@ async def test_sigkill_while_the_receiver_is_down_then_a_restart_drains_the_queu
     try:
         backlog = await wait_until(
             lambda: (q := metric_of(port, "oa_remote_write_queue_samples")) and q >= 3 * SERIES * 5 and q,
-            what="three scored cycles queued")
+            timeout=180, what="three scored cycles queued")  # a loaded machine takes a while to start and fit
+        # two cycles' samples lie at most one cycle apart: the interval, or the slowest cycle on a loaded machine
+        max_gap = MAX_GAP + max(slowest_cycle(page_of(port)) - 1.0, 0.0)
         killed = time.time()
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(timeout=10)
 
         daemon = run_daemon(source, receiver, tmp_path, port)  # the receiver is still down
         await wait_until(lambda: (q := metric_of(port, "oa_remote_write_queue_samples")) and q >= backlog,
-                         what="the queue found again after the restart")
+                         timeout=180, what="the queue found again after the restart")
         receiver.start()
-        await wait_until(lambda: metric_of(port, "oa_remote_write_queue_samples") == 0, what="the queue drained")
+        await wait_until(lambda: metric_of(port, "oa_remote_write_queue_samples") == 0, timeout=120,
+                         what="the queue drained")
         assert metric_of(port, "oa_remote_write_samples_dropped_total") is None
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=30) == 0, daemon.stderr.read()[-2000:] if daemon.stderr else ""
     finally:
         daemon.kill()
-    await wait_until(lambda: count(receiver, at=killed) >= backlog, timeout=20,  # all queued before the SIGKILL
+    await wait_until(lambda: count(receiver, at=killed) >= backlog, timeout=60,  # all queued before the SIGKILL
                      what=f"{backlog:.0f} samples written before the SIGKILL in the TSDB")
     before = stamps(receiver, "host-04", until=killed)
-    assert before[-1] > killed - MAX_GAP and largest_gap(before) <= MAX_GAP  # no hole up to the kill
+    assert before[-1] > killed - max_gap and largest_gap(before) <= max_gap  # no hole up to the kill
 
 
 async def test_samples_prometheus_refuses_are_dropped_and_counted_not_retried(tmp_path):
@@ -253,7 +293,7 @@ async def test_samples_prometheus_refuses_are_dropped_and_counted_not_retried(tm
             value = registry.get_sample_value
             await wait_until(lambda: value("oa_remote_write_samples_dropped_total", {"url": url, "reason": "http_400"})
                              == 15 and value("oa_remote_write_samples_sent_total", {"url": url}) == 15,
-                             timeout=20, what="one cycle accepted, one refused")
+                             timeout=60, what="one cycle accepted, one refused")
             await asyncio.sleep(0.5)
             assert value("oa_remote_write_samples_retried_total", {"url": url}) == 0
             assert value("oa_remote_write_queue_samples", {"url": url}) == 0
