@@ -61,13 +61,27 @@ class Replica:
         found = await scrape(f"{self.url}/metrics")
         return next(s.value for s in found["oa_fits_total"] if s.labels["rule"] == "requests")
 
-    async def modelled(self, timeout: float = 90.0) -> set[str]:
-        """The series it scores once its first model is in (waits for it)."""
+    async def cycles(self) -> float:
+        """Scoring cycles of the group finished so far."""
+        found = await scrape(f"{self.url}/metrics")
+        return next((s.value for s in found.get("oa_cycle_duration_seconds_count", [])
+                     if s.labels["group"] == "synthetic"), 0.0)
+
+    async def through_a_cycle(self, timeout: float = 120.0) -> None:
+        """Wait until a whole cycle started after this call has finished (one may be under way now)."""
+        deadline = time.monotonic() + timeout
+        before = await self.cycles()
+        while await self.cycles() < before + 2:
+            assert time.monotonic() < deadline, f"{self.url}: no whole cycle within {timeout}s"
+            await asyncio.sleep(0.3)
+
+    async def modelled(self, timeout: float = 180.0) -> set[str]:
+        """The series it scores once its first model is in (waits for it; long on a loaded machine)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with_model = set(await self._ignoring_startup())
             if with_model:
-                await asyncio.sleep(1.5)  # one more cycle: the page of a whole cycle
+                await self.through_a_cycle()  # the page of a whole cycle
                 return set(await self.exported())
             await asyncio.sleep(0.5)
         raise AssertionError(f"{self.url}: no forecasts within {timeout}s")
@@ -100,7 +114,8 @@ async def test_three_shards_export_every_series_once_and_a_fourth_moves_a_quarte
             await replica.reload()
         replicas.append(Replica(prometheus, tmp_path, 3))
         fourth = await replicas[3].modelled()
-        await asyncio.sleep(1.5)  # every old replica through a cycle under the new layout
+        for replica in replicas[:3]:
+            await replica.through_a_cycle()  # every old replica through a cycle under the new layout
         now = [set(await replica.exported()) for replica in replicas[:3]] + [fourth]
         assert sorted(sum(map(list, now), [])) == sorted(f"host-{i:02d}" for i in range(SERIES))
         assert all(now[i] <= owned[i] for i in range(3))  # the series that moved left their old shard's /metrics
