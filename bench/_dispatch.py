@@ -197,7 +197,7 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def wait_log(path: Path, text: str, timeout: float = 120.0) -> None:
+def wait_log(path: Path, text: str, timeout: float = 600.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists() and text in path.read_text(errors="replace"):

@@ -1,0 +1,186 @@
+"""Sizing shards: what one shard of a rule costs at 100k and 250k series, and training on 1 and 2 Dask workers.
+
+    nice -n 10 python bench/scale.py --series 100000 250000 --shards 1 4 [--dask]
+
+For every (series, shards) pair, a fresh process runs shard 0 of the layout beside a Prometheus-API source of
+that many series (in its own process) and prints: the fit of the shard's series (SeasonalProfile, two days at
+5 minutes, in the local pool), a scoring cycle's wall time and CPU time (instant query of every series, the
+shard's selection, scoring, /metrics render and gzip), the bytes each replica reads from the TSDB per cycle
+(the whole instant query, whatever the shard count), the shard's /metrics page (plain and gzip), and the peak
+RSS. With --dask: the fit of all the series on a Dask cluster of 1 and then 2 workers (the engine spreads
+SeasonalProfile's row blocks over the cluster), against the same fit in one process. Baselines are measured in
+the same run: shards 1 is the single daemon. Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import METRIC, labels, start_source  # noqa: E402
+
+STEP = 300.0
+RULES = f"""
+groups:
+  - name: bench
+    interval: 1m
+    rules:
+      - anomaly: bench
+        expr: {METRIC}
+        step: 5m
+        train: {{window: 2d}}
+        min_history: 1d
+        max_series: 1000000
+"""
+
+
+def history(n: int, now: float):
+    """Two days of generated history for the n series of the source."""
+    import numpy as np
+
+    from oa_exporter.adapters.tsdb.prometheus import series_key
+    from oa_exporter.core.domain import SeriesMatrix
+
+    series = labels(n)
+    end = np.floor(now / STEP) * STEP
+    points = int(2 * 86400 / STEP)
+    t = end - STEP * np.arange(points)[::-1]
+    values = 100 + 10 * np.sin(2 * np.pi * t / 86400)[None, :] + np.random.default_rng(0).normal(0, 1, (n, points))
+    return SeriesMatrix([series_key(m) for m in series], series, t[0], STEP, values)
+
+
+def fit_shard(n: int, now: float, count: int, spec, level: float):
+    """In a training process: the shard's share of the history, fitted (what shard 0 of `count` trains)."""
+    from oa_exporter.adapters.engines.statsforecast import StatsForecastEngine
+    from oa_exporter.core.sharding import Shard, select_history
+
+    mine = select_history(history(n, now), Shard(0, count))
+    started = time.perf_counter()
+    fitted = StatsForecastEngine().fit(mine, spec, level)
+    return mine.keys, mine.labels, mine.start, float(mine.timestamps[-1]), fitted, time.perf_counter() - started
+
+
+async def one_shard(n: int, count: int, repeat: int) -> dict:
+    from oa_exporter.bootstrap import bootstrap
+    from oa_exporter.core.domain import Model
+    from oa_exporter.core.services.inferencer import Forecasts
+    from oa_exporter.settings import Settings
+
+    now = time.time()
+    source, url = start_source(n, now)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "rules.yaml").write_text(RULES)
+            app = bootstrap(Settings(rules=(str(Path(tmp, "rules.yaml")),), prometheus_url=url, artifact_dir=tmp,
+                                     pool_workers=1, query_timeout=300, shard_count=count, shard_index=0))
+            await app.load_rules()
+            await app.runner.pause()
+            group, slot = app.rules.groups[0], app.runner.slots["bench"]
+            rule = slot.rule
+            keys, series, start, end, fitted, fit_s = await app.dispatcher.run(fit_shard, n, now, count, rule.model,
+                                                                               rule.level)
+            model = Model(rule.name, rule.fingerprint(), "statsforecast", keys, series, end, start, end, STEP, fitted)
+            bands = await app.runner.inferencer.bands(rule, model, now)
+            slot.forecasts, slot.loaded, slot.last_fit_attempt = Forecasts.of(model, bands), True, now
+            await app.runner.cycle(group, now)  # the first cycle hashes the series and builds the label blocks
+            walls, cpus = [], []
+            for _ in range(repeat):
+                wall, cpu = time.perf_counter(), time.process_time()
+                await app.runner.cycle(group, now)
+                walls.append(time.perf_counter() - wall)
+                cpus.append(time.process_time() - cpu)
+            async with aiohttp.ClientSession() as session, \
+                    session.post(f"{url}/api/v1/query", data={"query": METRIC, "time": str(now)}) as r:
+                query_bytes = len(await r.read())
+            page = app.page.page()
+            owned = slot.owned[0]
+            await app.close()
+    finally:
+        source.kill()
+    return {"series": n, "shards": count, "owned": owned, "fit_s": round(fit_s, 2),
+            "cycle_ms": round(1000 * statistics.median(walls), 1),
+            "cycle_cpu_ms": round(1000 * statistics.median(cpus), 1),
+            "query_bytes": query_bytes, "page_bytes": len(page), "page_gzip_bytes": len(gzip.compress(page, 6)),
+            "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+async def dask_training(n: int) -> dict:
+    """SeasonalProfile on all n series: one process, then on a Dask cluster of 1 and 2 workers."""
+    from bench._dispatch import DaskCluster
+    from oa_exporter.adapters.dispatch.dask import DaskDispatcher
+    from oa_exporter.adapters.engines.statsforecast import StatsForecastEngine
+    from oa_exporter.core.domain import ModelSpec
+
+    spec, data, engine = ModelSpec("statsforecast", "SeasonalProfile"), history(n, time.time()), StatsForecastEngine()
+    started = time.perf_counter()
+    engine.fit(data, spec, 99.0)
+    result = {"series": n, "one_process_s": round(time.perf_counter() - started, 2)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers in (1, 2):
+            with DaskCluster(Path(tmp), workers) as cluster:
+                dispatcher = DaskDispatcher(cluster.address, timeout=3600)
+                await dispatcher.run(engine.fit, history(2000, time.time()), spec, 99.0)  # warm: imports
+                started = time.perf_counter()
+                await dispatcher.run(engine.fit, data, spec, 99.0)
+                result[f"dask_{workers}w_s"] = round(time.perf_counter() - started, 2)
+                await dispatcher.close()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--series", type=int, nargs="+", default=[100_000, 250_000])
+    parser.add_argument("--shards", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dask", action="store_true", help="also time training on 1 and 2 Dask workers")
+    parser.add_argument("--one", type=int, nargs=2, help=argparse.SUPPRESS)  # series, shards: in a fresh process
+    parser.add_argument("--dask-one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(asyncio.run(one_shard(*args.one, args.repeat))))
+        return
+    if args.dask_one:
+        print(json.dumps(asyncio.run(dask_training(args.dask_one))))
+        return
+    rows = []
+    for n in args.series:
+        for count in args.shards:
+            row = _child(["--one", str(n), str(count), "--repeat", str(args.repeat)])
+            rows.append(row)
+            print(f"{n:>7} series, shard 0 of {count}: owns {row['owned']:>6}; fit {row['fit_s']:6.1f} s; cycle "
+                  f"{row['cycle_ms']:7.1f} ms wall, {row['cycle_cpu_ms']:7.1f} ms CPU; TSDB reply "
+                  f"{row['query_bytes'] / 1e6:5.1f} MB; /metrics {row['page_bytes'] / 1e6:5.1f} MB "
+                  f"({row['page_gzip_bytes'] / 1e6:4.1f} MB gzip); peak RSS {row['rss_mb']:6.0f} MB", flush=True)
+    training = []
+    if args.dask:
+        for n in args.series:
+            row = _child(["--dask-one", str(n)])
+            training.append(row)
+            print(f"{n:>7} series, SeasonalProfile: one process {row['one_process_s']:.1f} s; Dask 1 worker "
+                  f"{row['dask_1w_s']:.1f} s, 2 workers {row['dask_2w_s']:.1f} s "
+                  f"({row['dask_1w_s'] / row['dask_2w_s']:.2f}x)", flush=True)
+    print(json.dumps({"shards": rows, "training": training}))
+
+
+def _child(extra: list[str]) -> dict:
+    done = subprocess.run([sys.executable, __file__, *extra], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    main()
