@@ -8,14 +8,13 @@ refused with 403 unless --web.enable-rules-api is set, as Prometheus does with -
 from __future__ import annotations
 
 import asyncio
-import binascii
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
-from aiohttp import BasicAuth, web
+from aiohttp import web
 
 from ..adapters.config.yaml_rules import parse_text
 from ..core.errors import ConflictError, NotFound, PreviewError, Problem, RuleError
@@ -207,14 +206,11 @@ def _limit(body: Mapping[str, Any]) -> int:
 
 
 def _who(request: web.Request) -> str:
-    """The basic-auth user the request came with (the daemon's authentication checked it), else its address."""
-    header = request.headers.get("Authorization", "")
-    if header.lower().startswith("basic "):
-        try:
-            return f"user {BasicAuth.decode(header).login!r}"
-        except (ValueError, binascii.Error):
-            pass
-    return f"anonymous ({request.remote})"
+    """The basic-auth user that --web.config.file's authentication let in, else the client's address."""
+    from .web import USER
+
+    user = request.get(USER, "")
+    return f"user {user!r} ({request.remote})" if user else f"anonymous ({request.remote})"
 
 
 def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:

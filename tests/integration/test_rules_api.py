@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from multidict import CIMultiDict
 
 from oa_exporter.entrypoints.daemon import serve
 from oa_exporter.settings import Settings
+from tests.certs import web_config
 from tests.servers import PrometheusServer, free_port
 from tests.synthetic import Scenario
 
@@ -49,6 +51,7 @@ groups:
         train: {window: 3d}
         min_history: 1d
 """
+ALICE = {"Authorization": aiohttp.encode_basic_auth("alice", "wonderland")}
 NEW_RULE = {"anomaly": "requests_fast", "expr": 'oa_test_requests{instance=~"host-0[0-4]"}', "step": "1m",
             "train": {"window": "2d", "every": "1d"}, "min_history": "1d"}
 
@@ -63,28 +66,29 @@ def prometheus(tmp_path_factory):
 
 @contextlib.asynccontextmanager
 async def daemon(prometheus: PrometheusServer, tmp_path: Path, writable: bool = True,
-                 rules: str = RULES) -> AsyncIterator[str]:
+                 rules: str = RULES, web_config_file: str = "") -> AsyncIterator[str]:
     rules_file = tmp_path / "rules" / "rules.yaml"
     rules_file.parent.mkdir(exist_ok=True)
     rules_file.write_text(rules)
     port = free_port()
     settings = Settings(rules=(str(rules_file),), prometheus_url=prometheus.url,
                         web_listen_address=f"127.0.0.1:{port}", artifact_dir=str(tmp_path / "models"),
-                        pool_workers=1, query_retries=1, web_enable_rules_api=writable, preview_timeout=60.0)
+                        pool_workers=1, query_retries=1, web_enable_rules_api=writable, preview_timeout=60.0,
+                        web_config_file=web_config_file)
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop=stop))
     base = f"http://127.0.0.1:{port}"
     try:
-        await wait_until_up(base)
+        await wait_until_up(base, headers=ALICE if web_config_file else None)
         yield base
     finally:
         stop.set()
         assert await task == 0
 
 
-async def wait_until_up(base: str, timeout: float = 30.0) -> None:
+async def wait_until_up(base: str, timeout: float = 30.0, headers: dict | None = None) -> None:
     deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=headers) as session:
         while time.monotonic() < deadline:
             with contextlib.suppress(aiohttp.ClientError):
                 async with session.get(f"{base}/-/ready") as response:
@@ -282,3 +286,24 @@ def _write_forever(port: int, round_: int, written: set[str], stop: threading.Ev
             urllib.request.urlopen(request, timeout=5).read()
         except (OSError, urllib.error.URLError):
             return
+
+
+async def test_each_write_is_logged_with_the_basic_auth_user_and_unauthenticated_writes_are_refused(
+        prometheus, tmp_path, caplog):
+    config = web_config(tmp_path / "web.yaml", users={"alice": "wonderland"})
+    async with daemon(prometheus, tmp_path, web_config_file=str(config)) as base:
+        anonymous, _, _ = await _call_raw("PUT", f"{base}/api/v1/rules/requests_fast",
+                                          json={"group": "new", "rule": NEW_RULE})
+        with caplog.at_level(logging.INFO, logger="oa_exporter"):
+            written, _, _ = await call("PUT", f"{base}/api/v1/rules/requests_fast",
+                                       json={"group": "new", "rule": NEW_RULE}, headers=ALICE)
+            deleted, _, _ = await call("DELETE", f"{base}/api/v1/rules/requests_fast", headers=ALICE)
+    assert anonymous == 401 and written == 200 and deleted == 200
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rules API:")]
+    assert lines[0].startswith("rules API: user 'alice' (127.0.0.1) wrote rule requests_fast in group new")
+    assert lines[1] == "rules API: user 'alice' (127.0.0.1) deleted rule requests_fast"
+
+
+async def _call_raw(method: str, url: str, **kwargs) -> tuple[int, CIMultiDict, str]:
+    async with aiohttp.ClientSession() as session, session.request(method, url, **kwargs) as response:
+        return response.status, CIMultiDict(response.headers), await response.text()
