@@ -1,0 +1,146 @@
+"""A rule previewed over 7 days of 1-minute data for 100 series, and what it costs the daemon's scrapes.
+
+    nice -n 10 python bench/preview.py [--series 100] [--days 7] [--scrape-seconds 10]
+
+A real Prometheus is backfilled with `--series` series of `--days` days at a 1-minute step (a daily cycle,
+noise, a few spikes). A daemon (`oa-exporter run`, a subprocess) scores one rule on them and serves /metrics.
+Then:
+  (a) POST /api/v1/preview of a rule with `preset: default` and a 1-minute step over the whole range:
+      seconds to answer (target <= 10 s), with the daemon's own accounting of the replay;
+  (b) the daemon's scrape latency (10 concurrent gzip scrapers, curl's timer) first with nothing else going
+      on, then during back-to-back previews: p50/p99 and the ratio (target p99 within 1.5x).
+Prints one JSON line at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.servers import PrometheusServer, free_port  # noqa: E402
+
+METRIC = "bench_preview_requests"
+RULES = f"""\
+groups:
+  - name: bench
+    interval: 10s
+    rules:
+      - anomaly: scored
+        expr: {METRIC}
+        step: 1m
+        preset: default
+"""
+
+
+def history(series: int, days: float, end: float) -> list:
+    rng = np.random.default_rng(3)
+    times = end - 60.0 * np.arange(int(days * 1440))[::-1]
+    out = []
+    for i in range(series):
+        values = 100 + 10 * (i % 7) + 20 * np.sin(2 * np.pi * times / 86400 + i) + rng.normal(0, 1.5, len(times))
+        values[rng.integers(0, len(times), 3)] += 40  # a few spikes a week
+        out.append((METRIC, {"instance": f"host-{i:03d}", "job": "bench"}, times, values))
+    return out
+
+
+def request(url: str, body: dict | None = None, timeout: float = 600) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def wait_ready(base: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/-/ready", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("daemon not ready")
+
+
+def scrapes(base: str, seconds: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "bench" / "_scrapers.py"), f"{base}/metrics", "10",
+                             str(seconds)], stdout=subprocess.PIPE)
+
+
+def percentiles(latencies: list[float]) -> tuple[float, float]:
+    ms = np.asarray(latencies) * 1000
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def preview(base: str, start: float, end: float) -> tuple[float, dict]:
+    rule = {"anomaly": "tuning", "expr": METRIC, "step": "1m", "preset": "default"}
+    started = time.perf_counter()
+    status, body = request(f"{base}/api/v1/preview", {"rule": rule, "start": start, "end": end, "limit": 5})
+    took = time.perf_counter() - started
+    if status != 200:
+        raise RuntimeError(f"preview answered {status}: {body}")
+    return took, body["data"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--series", type=int, default=100)
+    parser.add_argument("--days", type=float, default=7.0)
+    parser.add_argument("--scrape-seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    end = float(int(time.time() // 60 * 60))
+    start = end - args.days * 86400 + 60
+    series = history(args.series, args.days, end)
+    with tempfile.TemporaryDirectory() as tmp, PrometheusServer(tmp, series=series) as tsdb:
+        rules = Path(tmp) / "rules.yaml"
+        rules.write_text(RULES)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "oa_exporter.entrypoints.cli", "run", "--rules", str(rules),
+             "--prometheus-url", tsdb.url, "--web.listen-address", f"127.0.0.1:{port}", "--artifact.store", "noop",
+             "--preview.timeout", "600"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_ready(base)
+            time.sleep(5)  # the first fit and cycles of the scored rule
+            idle = json.loads(scrapes(base, args.scrape_seconds).communicate()[0])
+            took, data = preview(base, start, end)
+            print(f"(a) preview of one rule (preset default, 1m step) over {args.days:g} days x {args.series} series: "
+                  f"{took:.2f} s to answer (target <= 10 s); {len(data['timestamps'])} steps, {data['fits']} fits, "
+                  f"{len(data['excursions'])} excursions; the daemon counted {data['seconds']:.2f} s")
+            scrapers = scrapes(base, args.scrape_seconds)
+            previews = 0
+            while scrapers.poll() is None:
+                preview(base, start, end)
+                previews += 1
+            busy = json.loads(scrapers.communicate()[0])
+        finally:
+            daemon.terminate()
+            daemon.wait(30)
+    idle_p50, idle_p99 = percentiles(idle)
+    busy_p50, busy_p99 = percentiles(busy)
+    print(f"(b) scrapes without a preview: p50 {idle_p50:.1f} ms  p99 {idle_p99:.1f} ms over {len(idle)} scrapes")
+    print(f"    scrapes during {previews} previews: p50 {busy_p50:.1f} ms  p99 {busy_p99:.1f} ms over {len(busy)} "
+          f"scrapes: p99 ratio {busy_p99 / idle_p99:.2f} (target <= 1.5)")
+    print(json.dumps({"series": args.series, "days": args.days, "preview_s": round(took, 2),
+                      "scrape_idle_p99_ms": round(idle_p99, 2), "scrape_busy_p99_ms": round(busy_p99, 2),
+                      "p99_ratio": round(busy_p99 / idle_p99, 3)}))
+
+
+if __name__ == "__main__":
+    main()
