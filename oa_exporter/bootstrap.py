@@ -55,12 +55,16 @@ from .core.sharding import Shard
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from .adapters.config.postgres_rules import PostgresConfigStore
     from .adapters.dispatch.celery import CeleryOptions
     from .adapters.sinks.remote_write import RemoteDestination
     from .core.domain import SeriesMatrix
     from .core.services.backtester import Backtester, Replay, Samples
 
+    RulesStore = YamlConfigStore | PostgresConfigStore
+
 log = logging.getLogger(__name__)
+Watch = Callable[[Callable[[], object]], Callable[[], None]]  # start hearing of rule changes; returns the stop
 
 
 def engine_registry() -> dict[str, ModelEngine]:
@@ -115,6 +119,32 @@ def config_store(settings: Settings, engines: Mapping[str, ModelEngine] | None =
     engines = engines or engine_registry()
     return YamlConfigStore(settings.rules, default_model(settings, engines), check_promql, model_checker(engines),
                            engine_defaults(engines))
+
+
+def postgres_store(settings: Settings, engines: Mapping[str, ModelEngine] | None = None) -> PostgresConfigStore:
+    """The PostgreSQL rules store (--config.postgres-dsn); psycopg is imported only when it is chosen."""
+    from .adapters.config.postgres_rules import PostgresConfigStore
+
+    if not settings.config_postgres_dsn:
+        raise ValueError("--config.store=postgres needs --config.postgres-dsn (OA_CONFIG_POSTGRES_DSN)")
+    engines = engines or engine_registry()
+    return PostgresConfigStore(settings.config_postgres_dsn, default_model(settings, engines), check_promql,
+                               model_checker(engines))
+
+
+def rules_source(settings: Settings, engines: Mapping[str, ModelEngine]) -> tuple[RulesStore, RulesEditor, Watch]:
+    """The config store OA_CONFIG_STORE names, its write side, and how to hear of its changes at once."""
+    if settings.config_store == "postgres":
+        store = postgres_store(settings, engines)
+        return store, store, store.listen
+    files = config_store(settings, engines)
+    return files, YamlRulesEditor(files), lambda poke: _watch_files(files, poke)
+
+
+def _watch_files(store: YamlConfigStore, poke: Callable[[], object]) -> Callable[[], None]:
+    watcher = RulesWatcher(store.directories(), poke)
+    watcher.start()
+    return watcher.stop
 
 
 def tsdb_client(settings: Settings) -> PrometheusClient:
@@ -212,7 +242,7 @@ class App:
     """The wired daemon: load rules, run, close."""
 
     settings: Settings
-    rules_store: YamlConfigStore
+    rules_store: RulesStore
     tsdb: TsdbClient
     dispatcher: JobDispatcher
     telemetry: PrometheusTelemetry
@@ -227,6 +257,7 @@ class App:
     shards: Callable[[], Shard] = Shard  # this replica's shard layout, read again at every (re)load
     reload_problems: list[str] = field(default_factory=list)  # why the last load failed, file:line first
     editor: RulesEditor | None = None  # the config store's write side, when it has one
+    watch: Watch | None = None  # how to hear of rule changes at once (else only the poll finds them)
     previewer: Previewer | None = None
     preview_pool: LocalPoolDispatcher | None = None
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -261,8 +292,7 @@ class App:
         (a Kubernetes ConfigMap swaps a symlink, which watchers can miss)."""
         loop = asyncio.get_running_loop()
         poked = asyncio.Event()
-        watcher = RulesWatcher(self.rules_store.directories(), lambda: loop.call_soon_threadsafe(poked.set))
-        watcher.start()
+        stop = (self.watch or _unwatched)(lambda: loop.call_soon_threadsafe(poked.set))
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -277,7 +307,7 @@ class App:
                 if changed:
                     await self.load_rules()
         finally:
-            watcher.stop()
+            stop()
 
     def _version(self) -> str:
         """The rules files' version and the shard count file's content: either changing means reload."""
@@ -396,13 +426,17 @@ def bootstrap(
     if watchers:
         output = FanOut([*output.sinks, *watchers])
     runner = Runner(trainer, inferencer, output, telemetry, clock)
-    rules_store = config_store(settings, engines)
+    rules_store, editor, watch = rules_source(settings, engines)
     preview_pool = LocalPoolDispatcher(1, settings.preview_timeout, retries=0)
     limits = PreviewLimits(settings.preview_max_series, settings.preview_max_points, settings.preview_timeout)
     return App(settings, rules_store, tsdb, dispatcher, telemetry, page, runner, clock, store,
-               output=output, queue=queue, editor=YamlRulesEditor(rules_store),
+               output=output, queue=queue, editor=editor, watch=watch,
                previewer=Previewer(tsdb, _replay_in(preview_pool), limits, clock), preview_pool=preview_pool,
                shards=lambda: shard_layout(settings))
+
+
+def _unwatched(poke: Callable[[], object]) -> Callable[[], None]:
+    return lambda: None
 
 
 def _replay_in(pool: LocalPoolDispatcher) -> Callable[[Rule, SeriesMatrix, Samples, float], Awaitable[Replay]]:

@@ -31,8 +31,13 @@ class Settings:
         "adapter defaults: standalone (process pool, local model store) or enterprise (celery workers on "
         "redis://localhost:6379/0, S3 model store); explicit settings win", choices=tuple(PRESETS)))
     config_store: str = field(default="yaml", metadata=_opt(
-        "--config.store", "OA_CONFIG_STORE", "where the rules come from: yaml (files, directories, globs)",
-        choices=("yaml",)))
+        "--config.store", "OA_CONFIG_STORE",
+        "where the rules come from: yaml (files, directories, globs) or postgres (tables that replicas share)",
+        choices=("yaml", "postgres")))
+    config_postgres_dsn: str = field(default="", repr=False, metadata=_opt(
+        "--config.postgres-dsn", "OA_CONFIG_POSTGRES_DSN",
+        "PostgreSQL of the postgres config store, e.g. postgresql://oa@db:5432/oa (a schema: "
+        "?options=-csearch_path%%3Dname)"))
     rules: tuple[str, ...] = field(default=(), metadata=_opt(
         "--rules", "OA_RULES", "rules files, directories or globs (repeatable; env: comma-separated)", many=True))
     rules_poll_interval: float = field(default=10.0, metadata=_opt(

@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     from .backtest import add_parser as add_backtest  # numpy and the services load with it
 
     add_backtest(commands)
+    from .rules_cli import add_parser as add_rules
+
+    add_rules(commands)
     return parser
 
 
@@ -105,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure(settings.log_level, settings.log_format)
-    if not settings.rules:
+    if not settings.rules and settings.config_store == "yaml":
         log.error("no rules given: pass --rules FILE|DIR|GLOB or set OA_RULES")
         return 2
     _install_uvloop()
