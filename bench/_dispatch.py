@@ -243,6 +243,7 @@ async def main(description: str) -> None:
     parser.add_argument("--repeat", type=int, default=10, help="jobs timed for the overhead")
     parser.add_argument("--skip-celery", action="store_true")
     parser.add_argument("--skip-pool", action="store_true", help="only the dask (and celery) runs")
+    parser.add_argument("--overhead-only", action="store_true", help="only the dispatch overhead per job")
     args = parser.parse_args()
 
     source, url = start_source(args.rules + 1, args.series)
@@ -256,22 +257,23 @@ async def main(description: str) -> None:
         env = {"OA_DISPATCHER": "celery", "OA_CELERY_BROKER": args.broker, "OA_PROMETHEUS_URL": url,
                "OA_ARTIFACT_DIR": str(root / "models"), "OA_PROMETHEUS_TIMEOUT": "300", "OA_LOG_LEVEL": "info"}
         try:
-            for workers in () if args.skip_pool else (1, 2):
+            for workers in () if args.skip_pool or args.overhead_only else (1, 2):
                 seconds = await local_pool_run(url, rules, workers, root / "models")
                 result[f"pool_{workers}w_s"] = round(seconds, 2)
                 print(f"local pool, {workers} worker(s): {seconds:.2f} s for {args.rules} jobs "
                       f"({args.rules * args.series / seconds:.1f} series/s)", flush=True)
-            if not args.skip_pool:
+            if not (args.skip_pool or args.overhead_only):
                 result["pool_speedup"] = round(result["pool_1w_s"] / result["pool_2w_s"], 2)
                 print(f"local pool speed-up, 2 workers over 1: {result['pool_speedup']:.2f}x (target >= 1.7x)")
-            for workers in (1, 2):
+            for workers in () if args.overhead_only else (1, 2):
                 seconds = await dask_run(url, rules, workers, root / "models", root)
                 result[f"dask_{workers}w_s"] = round(seconds, 2)
                 print(f"dask, {workers} worker(s): {seconds:.2f} s for {args.rules} jobs "
                       f"({args.rules * args.series / seconds:.1f} series/s)", flush=True)
-            result["dask_speedup"] = round(result["dask_1w_s"] / result["dask_2w_s"], 2)
-            print(f"dask speed-up, 2 workers over 1: {result['dask_speedup']:.2f}x (target >= 1.7x)")
-            if not args.skip_celery:
+            if not args.overhead_only:
+                result["dask_speedup"] = round(result["dask_1w_s"] / result["dask_2w_s"], 2)
+                print(f"dask speed-up, 2 workers over 1: {result['dask_speedup']:.2f}x (target >= 1.7x)")
+            if not (args.skip_celery or args.overhead_only):
                 purge(args.broker)
                 for workers in (1, 2):
                     seconds = await celery_run(env, rules, workers, root)
@@ -280,6 +282,8 @@ async def main(description: str) -> None:
                           f"({args.rules * args.series / seconds:.1f} series/s)", flush=True)
                 result["celery_speedup"] = round(result["celery_1w_s"] / result["celery_2w_s"], 2)
                 print(f"celery speed-up, 2 workers over 1: {result['celery_speedup']:.2f}x (target >= 1.7x)")
+            if not args.skip_celery:
+                purge(args.broker)
             timings = await overhead(url, env, tiny, root / "models", root, args.repeat, not args.skip_celery)
             for name in timings.keys() - {"direct"}:
                 result[f"{name}_overhead_ms"] = round(1000 * (timings[name] - timings["direct"]), 1)

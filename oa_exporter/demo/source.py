@@ -80,6 +80,10 @@ def make_source(signals: DemoSignals, clock: Callable[[], float] = time.time) ->
         ]
         return _ok("matrix", result)
 
+    async def series(request: web.Request) -> web.Response:  # what the range reader asks of a wide selector
+        rows = select(signals, (await _params(request))["match[]"])
+        return web.json_response({"status": "success", "data": [signals.series[r].metric for r in rows]})
+
     @web.middleware
     async def errors(request: web.Request, handler: Callable) -> web.StreamResponse:
         try:
@@ -89,7 +93,7 @@ def make_source(signals: DemoSignals, clock: Callable[[], float] = time.time) ->
             return web.json_response(body, status=400)
 
     app = web.Application(middlewares=[errors])
-    for path, handler in (("/api/v1/query", query), ("/api/v1/query_range", query_range)):
+    for path, handler in (("/api/v1/query", query), ("/api/v1/query_range", query_range), ("/api/v1/series", series)):
         app.router.add_get(path, handler)
         app.router.add_post(path, handler)
     return app

@@ -67,3 +67,11 @@ def test_fast_instant_parse_matches_the_full_parser_even_with_escapes():
     assert list(map(dict, fast.labels)) == list(full.labels)
     assert np.array_equal(fast.values, full.values, equal_nan=True)
     assert _fast_vector(b'{"status":"success","data":{"resultType":"vector","result":[]}}', 1.0) is None
+
+
+async def test_the_series_endpoint_lists_what_a_selector_matches(aiohttp_client):
+    client = await aiohttp_client(make_source(DemoSignals(NOW), clock=lambda: NOW))
+    response = await client.get("/api/v1/series", params={"match[]": 'demo_queue_depth{queue="emails"}'})
+    body = await response.json()
+    assert body["status"] == "success"
+    assert [m["queue"] for m in body["data"]] == ["emails"] and body["data"][0]["__name__"] == "demo_queue_depth"
