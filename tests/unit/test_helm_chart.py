@@ -328,3 +328,33 @@ def test_the_dask_dispatcher_names_its_scheduler_and_shards_with_it():
     assert_settings_accept(env(container), "dask")
     with pytest.raises(HelmError, match="dask.scheduler"):
         render({"dispatcher": "dask"})
+
+
+def test_a_web_config_secret_guards_the_port_and_the_service_monitor_follows():
+    values = {"serviceMonitor": {"enabled": True, "tlsConfig": {"ca": {"secret": {"name": "oa-web", "key": "ca.crt"}},
+                                                                "serverName": "oa-openanomaly"},
+                                 "basicAuth": {"secretName": "oa-scraper"}},
+              "web": {"configSecret": "oa-web", "tls": True, "enableLifecycle": True}}
+    objects = render(values)
+    daemon = oa_containers(objects)["oa-openanomaly"]
+    assert daemon["args"][daemon["args"].index("--web.config.file") + 1] == "/etc/oa-exporter/web/web-config.yml"
+    assert "--web.enable-lifecycle" in daemon["args"]
+    mount = next(m for m in daemon["volumeMounts"] if m["name"] == "web-config")
+    volume = next(v for v in pod_specs(objects)["oa-openanomaly"]["volumes"] if v["name"] == "web-config")
+    assert mount["mountPath"] == "/etc/oa-exporter/web" and volume["secret"]["secretName"] == "oa-web"
+    assert all("tcpSocket" in daemon[p] for p in ("livenessProbe", "readinessProbe", "startupProbe"))
+    [endpoint] = next(iter(by_kind(objects, "ServiceMonitor").values()))["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https" and endpoint["tlsConfig"]["ca"]["secret"]["name"] == "oa-web"
+    assert endpoint["basicAuth"] == {"username": {"name": "oa-scraper", "key": "username"},
+                                     "password": {"name": "oa-scraper", "key": "password"}}
+    for obj in objects:
+        if obj["kind"] not in CRDS:
+            kubernetes_validate.validate(obj, KUBERNETES[-1], strict=True)
+
+
+def test_without_a_web_config_the_port_is_plain_http():
+    objects = render({"serviceMonitor": {"enabled": True}})
+    daemon = oa_containers(objects)["oa-openanomaly"]
+    assert "--web.config.file" not in daemon["args"] and daemon["readinessProbe"]["httpGet"]["path"] == "/-/ready"
+    [endpoint] = next(iter(by_kind(objects, "ServiceMonitor").values()))["spec"]["endpoints"]
+    assert "scheme" not in endpoint and "basicAuth" not in endpoint
