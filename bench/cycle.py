@@ -7,7 +7,8 @@ bare fetch + JSON parse of the same query, (b) rendering the results against pro
 generate_latest on the same samples, (c) /metrics latency with 10 concurrent scrapers while cycles run
 (and, for scale, with none running), (d) peak RSS. (a) times what a cycle costs up to the scores (the
 runner's own calls); rendering is (b), and the whole cycle with render and gzip is printed beside it. The
-last line is one JSON object with cycle_ratio, render_ratio, scrape_p99_ms, rss_mb.
+last line is one JSON object with cycle_ratio, render_ratio, scrape_p99_ms, rss_mb. (e) repeats (c) over TLS
+(`--web.config.file` with a certificate made for the run) and prints its ratios to plain HTTP.
 """
 
 from __future__ import annotations
@@ -144,9 +145,14 @@ async def measure(app, group, url, port, n, repeat, scrape_seconds, now) -> dict
         idle = await scrape_during_cycles(app, group, port, now, scrape_seconds, cycles=False)
     finally:
         await web_runner.cleanup()
+    try:
+        tls_latencies, tls_idle = await scrapes_over_tls(app, group, now, scrape_seconds)
+    finally:
         await app.close()
     p50, p99 = np.percentile(latencies, [50, 99]) * 1000
     idle_p50, idle_p99 = np.percentile(idle, [50, 99]) * 1000
+    tls_p50, tls_p99 = np.percentile(tls_latencies, [50, 99]) * 1000
+    tls_idle_p50, tls_idle_p99 = np.percentile(tls_idle, [50, 99]) * 1000
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak, before the baseline's registry
     render_reference = render_baseline(scores)
     page_mb = len(app.page.page()) / 1e6
@@ -160,20 +166,47 @@ async def measure(app, group, url, port, n, repeat, scrape_seconds, now) -> dict
           f" of a {page_mb:.1f} MB page (gzip)  (target p99 <= 50 ms)")
     print(f"    the same scrapers with no cycles running: p50 {idle_p50:.1f} ms   p99 {idle_p99:.1f} ms"
           f" over {len(idle)} scrapes")
+    print(f"(e) the same over TLS       p50 {tls_p50:.1f} ms   p99 {tls_p99:.1f} ms over {len(tls_latencies)} scrapes"
+          f"   ratio to plain HTTP p50 {tls_p50 / p50:.2f} p99 {tls_p99 / p99:.2f}")
+    print(f"    over TLS, no cycles running: p50 {tls_idle_p50:.1f} ms   p99 {tls_idle_p99:.1f} ms"
+          f"   ratio to plain HTTP p50 {tls_idle_p50 / idle_p50:.2f} p99 {tls_idle_p99 / idle_p99:.2f}")
     print(f"(d) peak RSS of the daemon  {rss_mb:.0f} MB  (target <= 2048 MB at 100k series; fits ran in a worker)")
     return {"series": n, "cycle_ratio": round(cycle / baseline, 3), "render_ratio": round(render / render_reference, 4),
             "scrape_p99_ms": round(float(p99), 2), "scrape_p50_ms": round(float(p50), 2),
             "scrape_idle_p50_ms": round(float(idle_p50), 2), "scrape_idle_p99_ms": round(float(idle_p99), 2),
-            "rss_mb": round(rss_mb, 1),
+            "scrape_tls_p50_ms": round(float(tls_p50), 2), "scrape_tls_p99_ms": round(float(tls_p99), 2),
+            "scrape_tls_idle_p50_ms": round(float(tls_idle_p50), 2),
+            "scrape_tls_idle_p99_ms": round(float(tls_idle_p99), 2), "rss_mb": round(rss_mb, 1),
             "cycle_ms": round(cycle * 1000, 1), "baseline_ms": round(baseline * 1000, 1),
             "full_cycle_ms": round(full_cycle * 1000, 1), "render_ms": round(render * 1000, 1)}
 
 
-async def scrape_during_cycles(app, group, port: int, now: float, seconds: float, cycles: bool = True) -> list[float]:
-    """10 scrapers in another process while this one keeps running scoring cycles back to back (or idles)."""
+async def scrapes_over_tls(app, group, now: float, seconds: float) -> tuple[list[float], list[float]]:
+    """The scrapers of (c) over HTTPS (--web.config.file with a certificate made here), with and without cycles."""
+    from oa_exporter.entrypoints.web_config import WebGuard
+    from tests.certs import make_pki, web_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pki = make_pki(Path(tmp))
+        port = free_port()
+        guard = WebGuard(str(web_config(Path(tmp) / "web.yml", pki)))
+        web_runner = await _start_web(app, f"127.0.0.1:{port}", False, guard)
+        try:
+            busy = await scrape_during_cycles(app, group, port, now, seconds, ca=str(pki.ca))
+            idle = await scrape_during_cycles(app, group, port, now, seconds, cycles=False, ca=str(pki.ca))
+        finally:
+            await web_runner.cleanup()
+    return busy, idle
+
+
+async def scrape_during_cycles(app, group, port: int, now: float, seconds: float, cycles: bool = True,
+                               ca: str = "") -> list[float]:
+    """10 scrapers in another process while this one keeps running scoring cycles back to back (or idles);
+    over HTTPS when `ca` (the CA file that signed the server's certificate) is given."""
+    scheme = "https" if ca else "http"
     scrapers = await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__).with_name("_scrapers.py")), f"http://127.0.0.1:{port}/metrics", "10",
-        str(seconds), stdout=subprocess.PIPE)
+        sys.executable, str(Path(__file__).with_name("_scrapers.py")), f"{scheme}://127.0.0.1:{port}/metrics", "10",
+        str(seconds), *([ca] if ca else []), stdout=subprocess.PIPE)
     finished = asyncio.ensure_future(scrapers.communicate())
     while not finished.done():
         if cycles:
