@@ -42,9 +42,16 @@ Chunk = list[tuple[SeriesKey, np.ndarray, np.ndarray]]  # per series: its key, s
 
 
 def parse_chunk(body: bytes) -> Chunk:
-    """The series of one range-query response; QueryError unless it is a successful matrix."""
-    fast = _fast_chunk(body)
-    return fast if fast is not None else _parsed_chunk(body)
+    """The series of one range-query response; QueryError unless it is a successful matrix (any body that is
+    not, truncated or wrongly typed, is an error of that query, never a crash)."""
+    try:
+        fast = _fast_chunk(body)
+        return fast if fast is not None else _parsed_chunk(body)
+    except QueryError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise QueryError(f"the TSDB answered with a body that is not a query result ({len(body)} bytes, "
+                         f"{type(e).__name__}: {str(e)[:200]})") from e
 
 
 def _fast_chunk(body: bytes) -> Chunk | None:

@@ -307,7 +307,7 @@ class PrometheusClient:
                 url, data=params, headers=headers, ssl=self.auth.ssl_context,
             ) as response:
                 self.answered = True
-                body = await response.read()
+                body = await _read_capped(response)
                 if response.status != 200:
                     _raise_for(response.status, body, url)
                 return body
@@ -323,6 +323,22 @@ class PrometheusClient:
             timeout = aiohttp.ClientTimeout(total=self.timeout)
             self._session = aiohttp.ClientSession(timeout=timeout, json_serialize=lambda o: orjson.dumps(o).decode())
         return self._session
+
+
+MAX_BODY = 1 << 30  # bytes of one answer: a 100k-series instant query is ~20 MB, a range chunk is bounded too
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    """The body, or TsdbError past MAX_BODY (a server, or something in between, gone wrong)."""
+    if (response.content_length or 0) > MAX_BODY:
+        raise TsdbError(f"the TSDB's answer is {response.content_length} bytes, more than the {MAX_BODY} accepted")
+    parts, size = [], 0
+    async for part in response.content.iter_chunked(1 << 20):
+        size += len(part)
+        if size > MAX_BODY:
+            raise TsdbError(f"the TSDB's answer is more than the {MAX_BODY} bytes accepted")
+        parts.append(part)
+    return b"".join(parts)
 
 
 def _without_userinfo(url: str) -> tuple[str, str | None]:
@@ -358,6 +374,12 @@ def _raise_for(status: int, body: bytes, url: str) -> None:
     raise QueryError(error)
 
 
+def unreadable(body: bytes, error: Exception) -> QueryError:
+    """The error of an answer that parses as no query result."""
+    return QueryError(f"the TSDB answered with a body that is not a query result ({len(body)} bytes, "
+                      f"{type(error).__name__}: {str(error)[:200]})")
+
+
 def _data(body: bytes) -> dict[str, Any]:
     """The `data` of a successful API response; QueryError for anything else."""
     try:
@@ -370,6 +392,16 @@ def _data(body: bytes) -> dict[str, Any]:
 
 
 def _instant_vector(body: bytes, at: float) -> InstantVector:
+    """Parse an instant-query response; QueryError for any body that is not one (truncated, wrongly typed...)."""
+    try:
+        return _instant_vector_of(body, at)
+    except QueryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever a server sends is an error of that query, never a crash
+        raise unreadable(body, e) from e
+
+
+def _instant_vector_of(body: bytes, at: float) -> InstantVector:
     """Parse an instant-query response. The fast path reads the compact JSON that Prometheus-API servers
     write without building a Python object per label: the key of a series is the raw bytes of its label
     object, which Prometheus (and Thanos, Mimir) and VictoriaMetrics write in one canonical order.
