@@ -68,7 +68,7 @@ class YamlRulesEditor:
             found = _find(documents, name)
             _check_version(found, if_match, name)
             if found is not None and str(found.group.get("name")) == group:
-                found.group["rules"][found.index] = _commented(rule)
+                _update(found.node, rule)
                 changed = {found.path}
             else:
                 changed = {found.path} if found else set()
@@ -195,6 +195,17 @@ def _plain(node: Any) -> Any:
         if isinstance(node, kind):
             return kind(node)
     return node if node is None else str(node)
+
+
+def _update(node: Any, new: Mapping[str, Any]) -> None:
+    """Make a round-trip mapping hold `new`, key by key: the comments of the keys that stay stay with them."""
+    for key in [k for k in node if k not in new]:
+        del node[key]
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(node.get(key), CommentedMap):
+            _update(node[key], value)
+        elif key not in node or _plain(node[key]) != value:
+            node[key] = _commented(value)
 
 
 def _commented(node: Any) -> Any:
