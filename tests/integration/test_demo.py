@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -9,12 +10,26 @@ import sys
 import time
 import urllib.request
 
+import psutil
 import pytest
 
 from tests.integration.test_daemon_prometheus import samples
 from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
+RULES = {"demo_requests", "demo_cpu", "demo_queue_depth"}
+FIRST_ANOMALY_ENDS = 30 + 240  # seconds after the start (oa_exporter/demo/signals.py): web-1's turn, then the next
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time spent so far by a process and its descendants, those that exited included."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 def scrape(url: str) -> dict:
@@ -32,15 +47,17 @@ def test_demo_scores_every_rule_and_flags_the_injected_anomaly(tmp_path):
                                 f"127.0.0.1:{port}"], cwd=tmp_path, env=os.environ.copy(),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        # within a minute of work: wall time on an idle machine; a loaded one stretches the wall time, not the work
         rules_scored: set = set()
-        while time.monotonic() - started < 60 and rules_scored != {"demo_requests", "demo_cpu", "demo_queue_depth"}:
+        while time.monotonic() - started < 200 and rules_scored != RULES:
+            work = cpu_seconds(process.pid)
             rules_scored = {s.labels["rule"] for s in scrape(url).get("oa_anomaly_score", [])}
             time.sleep(0.5)
-        assert rules_scored == {"demo_requests", "demo_cpu", "demo_queue_depth"}
-        assert time.monotonic() - started < 60
+        assert rules_scored == RULES
+        assert work < 60, f"{work:.0f} s of CPU before every rule was scored"
 
         flagged: list = []
-        while time.monotonic() - started < 100 and not flagged:
+        while time.monotonic() - started < FIRST_ANOMALY_ENDS - 30 and not flagged:
             found = scrape(url).get("oa_anomaly_score", [])
             flagged = [s.labels for s in found if s.value > 1]
             time.sleep(1)
@@ -49,7 +66,7 @@ def test_demo_scores_every_rule_and_flags_the_injected_anomaly(tmp_path):
         assert len(flagged) == 1, flagged
         assert {"rule": "demo_requests", "service": "checkout", "instance": "web-1"}.items() <= flagged[0].items()
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=15)
+        output, _ = process.communicate(timeout=60)
         assert process.returncode == 0
     finally:
         process.kill()
