@@ -72,7 +72,19 @@ async def scrape(url: str) -> dict[str, list]:
         return samples(await response.text())
 
 
-async def wait_for_scores(url: str, rule: str, timeout: float = 60.0) -> dict[str, list]:
+async def after_cycles(url: str, group: str, cycles: int = 2, timeout: float = 120.0) -> dict[str, list]:
+    """The page once the group finished `cycles` more scoring cycles (the first may be under way now)."""
+    deadline = time.monotonic() + timeout
+    before = value(await scrape(url), "oa_cycle_duration_seconds_count", group=group) or 0.0
+    while time.monotonic() < deadline:
+        found = await scrape(url)
+        if (value(found, "oa_cycle_duration_seconds_count", group=group) or 0.0) >= before + cycles:
+            return found
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"group {group}: not {cycles} more cycles within {timeout}s")
+
+
+async def wait_for_scores(url: str, rule: str, timeout: float = 180.0) -> dict[str, list]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -137,8 +149,7 @@ async def test_self_metrics_report_states_failures_and_reload(prometheus, tmp_pa
     base, stop, task = await run_daemon(prometheus, tmp_path)
     try:
         await wait_for_scores(f"{base}/metrics", "requests")
-        await asyncio.sleep(3)  # the failing rules get through at least one more cycle
-        found = await scrape(f"{base}/metrics")
+        found = await after_cycles(f"{base}/metrics", "synthetic")  # the failing rules through one more cycle
         async with aiohttp.ClientSession() as session:
             for path in ("/-/healthy", "/-/ready"):
                 async with session.get(base + path) as response:

@@ -202,7 +202,7 @@ async def test_a_receiver_outage_during_scoring_loses_no_sample(source, receiver
         assert "oa_anomaly_score" not in page or not page["oa_anomaly_score"]  # remote-write only: not on /metrics
         receiver.start()
         up = time.time()
-        await asyncio.sleep(2)  # and a few cycles after it
+        await wait_until(lambda: len([t for t in cycles if t > up + 1]) >= 2, what="a few cycles after it")
         await wait_until(lambda: registry.get_sample_value("oa_remote_write_queue_samples", {"url": url}) == 0,
                          what="the queue drained")
     finally:

@@ -70,14 +70,14 @@ async def test_instant_query_returns_every_series_latest_value(tsdb):
 
 
 async def test_bad_promql_fails_at_once_without_retries(tsdb):
-    client = PrometheusClient(tsdb.url, retries=3, backoff=5.0)
+    client = PrometheusClient(tsdb.url, retries=3, backoff=30.0)  # a retry would wait 30 s first
     started = time.monotonic()
     try:
         with pytest.raises(QueryError):
             await client.query("sum(rate(oa_test_requests[5m]", time.time())
     finally:
         await client.close()
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 20.0
 
 
 async def test_server_down_is_a_clear_tsdb_error():
