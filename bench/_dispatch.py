@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -171,13 +172,15 @@ async def overhead(url: str, env: dict[str, str], rule_: Rule, models: Path, log
     try:
         if proc is not None:
             wait_log(logs / "worker-overhead.log", "ready.")
-        timings = {}
-        for name, job in jobs:
+        for _, job in jobs:
             await job()  # warm
-            started = time.perf_counter()
-            for _ in range(repeat):
+        samples: dict[str, list[float]] = {name: [] for name, _ in jobs}
+        for _ in range(repeat):  # round by round: a change in the machine's load hits every dispatcher alike
+            for name, job in jobs:
+                started = time.perf_counter()
                 await job()
-            timings[name] = (time.perf_counter() - started) / repeat
+                samples[name].append(time.perf_counter() - started)
+        timings = {name: statistics.median(times) for name, times in samples.items()}
     finally:
         if proc is not None and queued is not None:
             os.killpg(proc.pid, signal.SIGTERM)
