@@ -25,6 +25,7 @@ from .adapters.engines.sklearn import SklearnEngine
 from .adapters.engines.statsforecast import StatsForecastEngine
 from .adapters.sinks.exposition import ExpositionPage
 from .adapters.sinks.fanout import FanOut, FlushOnly
+from .adapters.stores.history_local import LocalHistoryStore
 from .adapters.stores.local import LocalArtifactStore
 from .adapters.stores.noop import NoopArtifactStore
 from .adapters.stores.sharded import ShardedArtifactStore
@@ -45,6 +46,7 @@ from .core.ports import (
 )
 from .core.rule_definition import definition
 from .core.rules import SourceDocument, build_rule_set
+from .core.services.history import HistoryReader
 from .core.services.inferencer import Inferencer
 from .core.services.preview import Preview, Previewer, PreviewLimits
 from .core.services.queued_trainer import QueuedTrainer
@@ -156,6 +158,17 @@ def tsdb_client(settings: Settings) -> PrometheusClient:
     )
     return PrometheusClient(settings.prometheus_url, auth, settings.query_timeout, settings.query_retries,
                             max_samples=settings.max_samples_per_query)
+
+
+def history_reader(settings: Settings, tsdb: TsdbClient, clock: Callable[[], float]) -> HistoryReader | None:
+    """Each rule's training window kept between fits (beside the local models unless --history.dir says where);
+    None, every fit reading its whole window, when --history.max-bytes is 0."""
+    if settings.history_max_bytes <= 0:
+        return None
+    directory = settings.history_dir or (
+        str(Path(settings.artifact_dir) / ".history") if settings.artifact_store == "local" else "./oa-history")
+    store = LocalHistoryStore(directory, settings.history_max_bytes)
+    return HistoryReader(tsdb, store, settings.history_overlap, clock, source=settings.prometheus_url)
 
 
 def artifact_key(settings: Settings) -> bytes | None:
@@ -417,10 +430,11 @@ def bootstrap(
         _check_shared_store(settings, store)
         queue = queue or celery_queue(settings, telemetry)
         trainer: Trainer = QueuedTrainer(tsdb, engines, store, dispatcher, telemetry, clock,
-                                         keep=settings.artifact_keep, queue=queue)
+                                         keep=settings.artifact_keep, queue=queue)  # workers read the history
         inferencer = Inferencer(tsdb, engines, telemetry, queue, offload_policy(settings, engines))
     else:
-        trainer = Trainer(tsdb, engines, store, dispatcher, telemetry, clock, keep=settings.artifact_keep)
+        trainer = Trainer(tsdb, engines, store, dispatcher, telemetry, clock, keep=settings.artifact_keep,
+                          history=history_reader(settings, tsdb, clock))
         inferencer = Inferencer(tsdb, engines, telemetry)
     output = result_sink(settings, page, telemetry)
     if watchers:
@@ -541,7 +555,7 @@ def worker_services(settings: Settings, concurrency: int) -> WorkerServices:
     _check_shared_store(settings, store)
     pool = LocalPoolDispatcher(concurrency, settings.job_timeout, retries=0)  # celery retries the whole job
     trainer = Trainer(tsdb, engines, store, pool, typing.cast(Telemetry, NullTelemetry()),
-                      keep=settings.artifact_keep)
+                      keep=settings.artifact_keep, history=history_reader(settings, tsdb, time.time))
     return WorkerServices(JobWorker(trainer, engines, store), tsdb, store, pool)
 
 

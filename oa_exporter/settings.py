@@ -118,6 +118,18 @@ class Settings:
         "refuse to start without an artifact key, so that no unsigned model is ever loaded"))
     artifact_key_file: str = field(default="", metadata=_opt(
         "--artifact.key-file", "OA_ARTIFACT_KEY_FILE", "file holding the artifact signing key (wins over the key)"))
+    history_dir: str = field(default="", metadata=_opt(
+        "--history.dir", "OA_HISTORY_DIR",
+        "directory keeping each rule's training window between fits, so that a refit reads only what is new "
+        "(empty: .history in --artifact.dir for the local store, else ./oa-history)"))
+    history_max_bytes: int = field(default=16 * 2**30, metadata=_opt(
+        "--history.max-bytes", "OA_HISTORY_MAX_BYTES",
+        "disk budget of the history directory, every rule together (8 bytes a sample); a rule that does not fit "
+        "reads its whole window at every fit; 0: keep no history"))
+    history_overlap: float = field(default=120.0, metadata=_opt(
+        "--history.overlap", "OA_HISTORY_OVERLAP",
+        "seconds before the newest stored sample that a refit reads again, for samples that arrived late "
+        "(at least one step)"))
     s3_endpoint: str = field(default="", metadata=_opt(
         "--artifact.s3.endpoint", "OA_S3_ENDPOINT",
         "URL of an S3-compatible server, e.g. http://minio:9000 (empty: AWS S3)"))

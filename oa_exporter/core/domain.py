@@ -98,6 +98,20 @@ class RuleSet:
 
 
 @dataclass(frozen=True)
+class HistoryState:
+    """What the history store holds for a rule: row i of every block is series keys[i]; columns are
+    absolute grid indices (time / step); fingerprint ties it to the rule's expr, step and window."""
+
+    fingerprint: str
+    step: float
+    keys: list[SeriesKey]
+    labels: list[dict[str, str]]
+    end_column: int  # the newest column stored
+    full_read_at: float  # when the whole window was last read from the TSDB
+    incomplete: bool = False  # series appeared whose older history may be missing: read all again when allowed
+
+
+@dataclass(frozen=True)
 class SeriesMatrix:
     """History of many series on one regular grid: values[i, j] is series i at start + j*step (NaN = gap)."""
 

@@ -84,6 +84,10 @@ class ArtifactRejected(ArtifactError):
         super().__init__(message)
 
 
+class HistoryError(OAError):
+    """The history store could not read or keep a rule's history (full: over its disk budget; I/O)."""
+
+
 class SinkError(OAError):
     """A result sink could not be set up, e.g. its remote-write queue is held by another process."""
 

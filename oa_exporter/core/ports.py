@@ -6,12 +6,15 @@ import builtins
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+import numpy as np
+
 from .domain import (
     ArtifactInfo,
     Bands,
     Capabilities,
     FitRecord,
     Fitted,
+    HistoryState,
     InstantVector,
     Model,
     ModelSpec,
@@ -102,6 +105,24 @@ class ArtifactStore(Protocol):
 
     async def close(self) -> None:
         """Release clients and files; safe to call twice."""
+
+
+class HistoryStore(Protocol):
+    """Where each rule's training-window history is kept between fits, in blocks of columns. Raises HistoryError."""
+
+    async def state(self, rule: str) -> HistoryState | None:
+        """What is stored for the rule (its series, grid and newest column); None if nothing."""
+
+    async def read(self, rule: str, state: HistoryState, out: np.ndarray, first_column: int) -> None:
+        """Fill `out` (rows: state.keys; columns: first_column, first_column+1, ...) from the stored blocks."""
+
+    async def write(self, rule: str, state: HistoryState, values: np.ndarray, first_column: int,
+                    changed_from: int) -> None:
+        """Store the window `values` (rows: state.keys) from first_column on, rewriting only blocks at or after
+        column changed_from; blocks older than first_column are deleted. HistoryError over the disk budget."""
+
+    async def drop(self, rule: str) -> None:
+        """Forget the rule's history; absent is not an error."""
 
 
 class ConfigStore(Protocol):

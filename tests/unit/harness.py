@@ -26,6 +26,7 @@ class Daemon:
         self.tsdb = tsdb
         self.dispatcher = InlineDispatcher()
         self.store = store if store is not None else LocalArtifactStore(models)
+        settings.setdefault("history_max_bytes", 0)  # every fit reads the fake TSDB whole (tests/unit/test_history.py)
         self.app: App = bootstrap(
             Settings(rules=(str(rules),), **settings), tsdb=tsdb, store=self.store,
             dispatcher=self.dispatcher, queue=queue, clock=self.clock,

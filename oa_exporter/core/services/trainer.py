@@ -16,6 +16,7 @@ from ..durations import format_duration
 from ..errors import ArtifactError, ArtifactRejected, CardinalityError, DispatchError, EngineError, RejectReason
 from ..ports import ArtifactStore, JobDispatcher, ModelEngine, Telemetry, TsdbClient
 from ..sharding import Shard, select_history
+from .history import HistoryReader
 
 log = logging.getLogger(__name__)
 # Models of a rule that no rules file names any more are deleted once the newest of them is this old: a rule
@@ -37,8 +38,10 @@ class Trainer:
         telemetry: Telemetry,
         clock: Callable[[], float] = time.time,
         keep: int = 3,
+        history: HistoryReader | None = None,
     ):
         self.tsdb = tsdb
+        self.history = history  # keeps each rule's window between fits: a refit reads only what is new
         self.engines = engines
         self.store = store
         self.dispatcher = dispatcher
@@ -159,7 +162,10 @@ class Trainer:
         start = end - rule.train_window + rule.step
         started, ok = time.perf_counter(), False
         try:
-            history = await self.tsdb.query_range(rule.expr, start, end, rule.step)
+            if self.history is not None:
+                history = await self.history.read(rule, start, end)
+            else:
+                history = await self.tsdb.query_range(rule.expr, start, end, rule.step)
             ok = True
         finally:
             self.telemetry.query_done(rule.name, "range", time.perf_counter() - started, ok)

@@ -1,0 +1,139 @@
+"""HistoryStore in a local directory: per rule, columnar blocks of float64 (.npy), a table of its series, a meta file.
+
+    <dir>/<rule>-<hash>/meta.json        fingerprint, step, newest column, last full read, incomplete
+                        table.json       the series (keys and labels): row i of every block
+                        block-<b>.npy    rows × 256 columns: absolute grid columns 256·b ... 256·b + 255
+
+Blocks are written whole to a temporary file and renamed; meta.json is written last, so a crash leaves the
+previous state readable. A refit rewrites only the blocks its new columns fall in, and deletes those that
+left the window. The disk budget covers every rule's blocks; a write that would exceed it is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from ...core.domain import HistoryState
+from ...core.errors import HistoryError
+
+BLOCK = 256  # columns per block: a day of 5-minute steps, ~4 hours of 1-minute steps
+
+
+class LocalHistoryStore:
+    """Each rule's training-window history under one directory, within `max_bytes` of blocks in all."""
+
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int):
+        self.dir = Path(directory)
+        self.max_bytes = max_bytes
+        self._sizes: dict[str, int] | None = None  # bytes of blocks per rule directory, scanned on first write
+        self._tables: dict[str, int] = {}  # rows of the table last written per rule
+
+    async def state(self, rule: str) -> HistoryState | None:
+        return await asyncio.to_thread(self._state, rule)
+
+    async def read(self, rule: str, state: HistoryState, out: np.ndarray, first_column: int) -> None:
+        await asyncio.to_thread(self._read, rule, out, first_column)
+
+    async def write(self, rule: str, state: HistoryState, values: np.ndarray, first_column: int,
+                    changed_from: int) -> None:
+        await asyncio.to_thread(self._write, rule, state, values, first_column, changed_from)
+
+    async def drop(self, rule: str) -> None:
+        await asyncio.to_thread(self._drop, rule)
+
+    def _path(self, rule: str) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", rule)[:64]
+        return self.dir / f"{safe}-{hashlib.sha256(rule.encode()).hexdigest()[:12]}"
+
+    def _state(self, rule: str) -> HistoryState | None:
+        path = self._path(rule)
+        try:
+            meta = orjson.loads((path / "meta.json").read_bytes())
+            table = orjson.loads((path / "table.json").read_bytes())
+        except FileNotFoundError:
+            return None
+        except (orjson.JSONDecodeError, OSError) as e:
+            raise HistoryError(f"{path}: unreadable history: {e}") from e
+        keys = [key.encode() for key in table["keys"][: meta["rows"]]]
+        self._tables[rule] = len(keys)
+        return HistoryState(meta["fingerprint"], meta["step"], keys, table["labels"][: meta["rows"]],
+                            meta["end_column"], meta["full_read_at"], meta["incomplete"])
+
+    def _read(self, rule: str, out: np.ndarray, first_column: int) -> None:
+        path, end = self._path(rule), first_column + out.shape[1]
+        for block in range(first_column // BLOCK, (end - 1) // BLOCK + 1):
+            try:
+                stored = np.load(path / f"block-{block}.npy", mmap_mode="r")
+            except FileNotFoundError:
+                continue
+            except (ValueError, OSError) as e:
+                raise HistoryError(f"{path}: unreadable block {block}: {e}") from e
+            low, high = max(block * BLOCK, first_column), min((block + 1) * BLOCK, end)
+            rows, offset = min(len(stored), len(out)), block * BLOCK
+            out[:rows, low - first_column : high - first_column] = stored[:rows, low - offset : high - offset]
+
+    def _write(self, rule: str, state: HistoryState, values: np.ndarray, first_column: int, changed_from: int) -> None:
+        path, last = self._path(rule), first_column + values.shape[1] - 1
+        blocks = range(first_column // BLOCK, last // BLOCK + 1)
+        self._check_budget(rule, len(values) * BLOCK * 8 * len(blocks))
+        path.mkdir(parents=True, exist_ok=True)
+        for block in blocks:
+            if (block + 1) * BLOCK > changed_from:
+                _save_atomically(path / f"block-{block}.npy", _block(values, first_column, block))
+        for old in path.glob("block-*.npy"):
+            if int(old.stem.split("-")[1]) < blocks.start:
+                old.unlink(missing_ok=True)
+        if self._tables.get(rule) != len(state.keys) or changed_from <= first_column:
+            table = {"keys": [key.decode() for key in state.keys], "labels": state.labels}
+            _write_atomically(path / "table.json", orjson.dumps(table))
+            self._tables[rule] = len(state.keys)
+        meta = {"fingerprint": state.fingerprint, "step": state.step, "end_column": state.end_column,
+                "full_read_at": state.full_read_at, "incomplete": state.incomplete, "rows": len(state.keys),
+                "block": BLOCK}
+        _write_atomically(path / "meta.json", orjson.dumps(meta))
+        assert self._sizes is not None
+        self._sizes[path.name] = sum(block.stat().st_size for block in path.glob("block-*.npy"))
+
+    def _check_budget(self, rule: str, needed: int) -> None:
+        if self._sizes is None:
+            self._sizes = {d.name: sum(b.stat().st_size for b in d.glob("block-*.npy"))
+                           for d in self.dir.glob("*") if d.is_dir()} if self.dir.exists() else {}
+        others = sum(size for name, size in self._sizes.items() if name != self._path(rule).name)
+        if others + needed > self.max_bytes:
+            raise HistoryError(f"keeping {needed} bytes of history for rule {rule} would exceed "
+                               f"--history.max-bytes {self.max_bytes} ({others} bytes kept for other rules)")
+
+    def _drop(self, rule: str) -> None:
+        path = self._path(rule)
+        shutil.rmtree(path, ignore_errors=True)
+        self._tables.pop(rule, None)
+        if self._sizes is not None:
+            self._sizes.pop(path.name, None)
+
+
+def _block(values: np.ndarray, first_column: int, block: int) -> np.ndarray:
+    out = np.full((len(values), BLOCK), np.nan)
+    low, high = max(block * BLOCK, first_column), min((block + 1) * BLOCK, first_column + values.shape[1])
+    out[:, low - block * BLOCK : high - block * BLOCK] = values[:, low - first_column : high - first_column]
+    return out
+
+
+def _save_atomically(path: Path, array: np.ndarray) -> None:
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "wb") as file:
+        np.save(file, array)
+    os.replace(temporary, path)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
