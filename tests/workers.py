@@ -69,7 +69,8 @@ class Worker:
 
     def __init__(self, env: Mapping[str, str], log_path: Path, queue: str = "training", concurrency: int = 1):
         self.metrics_url = f"http://127.0.0.1:{free_port()}"  # its own /metrics and /-/healthy
-        self.env = {**os.environ, "OA_WORKER_LISTEN_ADDRESS": self.metrics_url.removeprefix("http://"), **env}
+        self.env = {**os.environ, "OA_WORKER_LISTEN_ADDRESS": self.metrics_url.removeprefix("http://"),
+                    "OA_HISTORY_DIR": str(log_path.parent / f"history-{log_path.stem}"), **env}  # the test's own
         self.log_path = log_path
         self.queue = queue
         self.concurrency = concurrency
