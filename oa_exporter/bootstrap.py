@@ -162,9 +162,9 @@ def tsdb_client(settings: Settings) -> PrometheusClient:
 
 def history_reader(settings: Settings, tsdb: TsdbClient, clock: Callable[[], float]) -> HistoryReader | None:
     """Each rule's training window kept between fits (beside the local models unless --history.dir says where);
-    None, every fit reading its whole window, when --history.max-bytes is 0."""
-    if settings.history_max_bytes <= 0:
-        return None
+    None, every fit reading its whole window, when --history.max-bytes is 0 or models are kept in memory only."""
+    if settings.history_max_bytes <= 0 or (settings.artifact_store == "noop" and not settings.history_dir):
+        return None  # a daemon told to keep models in memory only keeps no history on disk either, unless told
     directory = settings.history_dir or (
         str(Path(settings.artifact_dir) / ".history") if settings.artifact_store == "local" else "./oa-history")
     store = LocalHistoryStore(directory, settings.history_max_bytes)

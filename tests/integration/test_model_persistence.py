@@ -115,7 +115,8 @@ def start(tmp_path: Path, prometheus: PrometheusServer, rules: str, **env: str) 
     rules_file.write_text(rules)
     port = free_port()
     environment = {**os.environ, "OA_WEB_LISTEN_ADDRESS": f"127.0.0.1:{port}", "OA_POOL_WORKERS": "1",
-                   "OA_ARTIFACT_DIR": str(tmp_path / "models"), "OA_RULES_POLL_INTERVAL": "0", **env}
+                   "OA_ARTIFACT_DIR": str(tmp_path / "models"), "OA_HISTORY_DIR": str(tmp_path / "history"),
+                   "OA_RULES_POLL_INTERVAL": "0", **env}
     log = tmp_path / f"daemon-{port}.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "oa_exporter", "run", "--rules", str(rules_file), "--prometheus-url", prometheus.url,

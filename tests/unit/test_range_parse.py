@@ -8,6 +8,7 @@ import pytest
 
 from oa_exporter.adapters.tsdb.matrix import Grid, MatrixBuilder, _fast_chunk, _parsed_chunk, parse_chunk
 from oa_exporter.adapters.tsdb.series_split import group, groups, splittable
+from oa_exporter.core.errors import QueryError
 
 
 def body(result: list[dict]) -> bytes:
@@ -32,7 +33,7 @@ def test_the_fast_parse_equals_the_json_parse_with_odd_values_and_escaped_labels
 def test_a_malformed_value_takes_the_json_parser():
     data = body([{"metric": {"a": "b"}, "values": [[10, "1"], [20, "x"]]}])
     assert _fast_chunk(data) is None
-    with pytest.raises(ValueError):
+    with pytest.raises(QueryError, match="could not convert"):
         parse_chunk(data)
 
 
