@@ -40,7 +40,7 @@ PRESETS: dict[str, Preset] = {
     "default": Preset(
         model=ModelSpec("statsforecast", "SeasonalProfile", {
             "seasons": ["1d", "1w"], "buckets": 96, "level_window": "3h", "scale_buckets": 1, "tail": 99,
-            "range_margin": 1.05, "residual_lag": "30m",
+            "range_margin": 1.05, "residual_lag": "30m", "robust_reference": True,
         }),
         train_window=parse_duration("56d"),
         train_every=parse_duration("1h"),

@@ -32,6 +32,20 @@ Per series, on the rule's grid:
   *or* further from the forecast than anything in the window: new behaviour pages even where the tail
   model says it is merely rare. Quantiles read off the window never exceed its range, so the cap only
   ever narrows extrapolated levels.
+- An excursion is not the reference (`robust_reference`): residuals are taken a second time with the
+  samples beyond the exponential tail's 1e-4 quantile of the first pass (a spike, an outage) left out of
+  the trailing mean they are taken against, while the mean has other samples. Otherwise a 30-minute outage
+  drags that mean down for `level_window`, the samples after it read as a burst, and the band stays wide
+  for the whole training window. A change that fills a whole `level_window` is the plain mean again: the
+  new normal, within `level_window` + `residual_lag`.
+- A young series (`range_history`): one that has seen a fraction f < 1 of `range_history`'s samples is
+  banded as if f times rarer, along its own exponential tail: the band and the range cap move out by the
+  tail's step per decade times log10(1/f). The largest of n residuals is exceeded with probability
+  1/(n+1); a day's range is a third as rare a bound as three days'.
+- Two ideas of normal (`local_window`): per series, the seasonal baseline or a drift-following one (no
+  seasons, the level over the last `local_window`), whichever forecast the held-back end of the window
+  (`holdout`, at most a third of it) better, the seasonal one fitted on the rest: a series without a
+  reliable cycle gets no profile made of its wandering.
 Every step is one numpy operation over the (series × time) matrix: no Python loop over series.
 """
 
@@ -44,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from . import arrays
 from .durations import parse_duration
 
 PROBABILITIES = np.array(
@@ -52,7 +67,9 @@ PROBABILITIES = np.array(
 )
 DEFAULTS: dict[str, Any] = {
     "seasons": ["1d", "1w"], "buckets": 288, "level_window": "3h", "scale_buckets": None, "tail": None,
-    "residual_lag": "0s", "range_margin": None,
+    "residual_lag": "0s", "range_margin": None, "local_window": None, "holdout": "7d",
+
+    "range_history": None, "robust_reference": False,
 }
 
 
@@ -82,6 +99,8 @@ class SeasonalProfile:
     tail: float | None = None  # central level (%) beyond which quantiles are extrapolated; None: never
     extremes: np.ndarray | None = None  # (2, series): smallest and largest scaled residual; None: no range cap
     range_margin: float = 1.0  # the band is capped at the window's range times this
+    samples: np.ndarray | None = None  # residuals seen per series, over those of `range_history`; None: no widening
+    local: np.ndarray | None = None  # per series: True where the drift-following baseline was chosen
 
     def predict(self, timestamps: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """yhat, lower, upper of shape (series, len(timestamps)) with a `level` % central interval."""
@@ -96,19 +115,34 @@ class SeasonalProfile:
         """Residual quantiles of the central `level` % interval, per series; lower <= 0 <= upper."""
         tail = (1 - level / 100) / 2
         start = (1 - self.tail / 100) / 2 if self.tail is not None else 0.0
+        young_lo, young_hi = self._young()
         if tail < start:  # exponential tail from the decade [10·p0, p0] (see module docstring)
             decades = np.log10(start / tail)
             near_lo, far_lo = _interpolate_rows(self.quantiles, 10 * start), _interpolate_rows(self.quantiles, start)
             near_hi = _interpolate_rows(self.quantiles, 1 - 10 * start)
             far_hi = _interpolate_rows(self.quantiles, 1 - start)
-            q_lo, q_hi = far_lo + (far_lo - near_lo) * decades, far_hi + (far_hi - near_hi) * decades
+            q_lo = far_lo + (far_lo - near_lo) * decades - young_lo
+            q_hi = far_hi + (far_hi - near_hi) * decades + young_hi
         else:
             q_lo = _interpolate_rows(self.quantiles, tail)
             q_hi = _interpolate_rows(self.quantiles, 1 - tail)
         if self.extremes is not None:  # never beyond the window's own range (see module docstring)
-            q_lo = np.maximum(q_lo, self.range_margin * self.extremes[0])
-            q_hi = np.minimum(q_hi, self.range_margin * self.extremes[1])
+            q_lo = np.maximum(q_lo, self.range_margin * self.extremes[0] - young_lo)
+            q_hi = np.minimum(q_hi, self.range_margin * self.extremes[1] + young_hi)
         return np.minimum(q_lo, 0.0), np.maximum(q_hi, 0.0)
+
+    def _young(self) -> tuple[np.ndarray, np.ndarray]:
+        """How much further out a young series' band lies on each side: a series that has seen a fraction f
+        of `range_history`'s residuals is banded f times rarer, along its exponential tail (the tail's step
+        per decade times log10(1/f)), both the extrapolated band and the range cap: the largest of n residuals
+        is exceeded with probability 1/(n+1), so a day's range is a third as rare a bound as three days'."""
+        if self.samples is None:  # no `range_history`: the range itself
+            return np.zeros(len(self.level)), np.zeros(len(self.level))
+        start = (1 - self.tail / 100) / 2 if self.tail is not None else 0.005
+        decades = np.maximum(-np.log10(np.maximum(self.samples, 1e-9)), 0.0)
+        step_lo = _interpolate_rows(self.quantiles, 10 * start) - _interpolate_rows(self.quantiles, start)
+        step_hi = _interpolate_rows(self.quantiles, 1 - start) - _interpolate_rows(self.quantiles, 1 - 10 * start)
+        return np.maximum(step_lo, 0.0) * decades, np.maximum(step_hi, 0.0) * decades
 
 
 @dataclass(frozen=True)
@@ -144,7 +178,12 @@ def settings(params: Mapping[str, Any]) -> dict[str, Any]:
     if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int | float)
                                or not 1 <= margin <= 10):
         raise ValueError("SeasonalProfile range_margin must be a factor from 1 to 10 (1.05: 5 % beyond the range)")
+    local_window = merged["local_window"]
     return {
+        "local_window": None if local_window is None else parse_duration(local_window),
+        "holdout": parse_duration(merged["holdout"]),
+        "range_history": None if merged["range_history"] is None else parse_duration(merged["range_history"]),
+        "robust_reference": bool(merged["robust_reference"]),
         "seasons": sorted(parse_duration(s) for s in seasons),
         "buckets": buckets,
         "level_window": parse_duration(merged["level_window"]),
@@ -190,13 +229,46 @@ def _concatenate(blocks: list[SeasonalProfile]) -> SeasonalProfile:
                    scale=np.concatenate([b.scale for b in blocks]), ok=np.concatenate([b.ok for b in blocks]),
                    quantiles=np.concatenate([b.quantiles for b in blocks], axis=1),
                    extremes=None if blocks[0].extremes is None
-                   else np.concatenate([b.extremes for b in blocks], axis=1))
+                   else np.concatenate([b.extremes for b in blocks], axis=1),
+                   samples=None if blocks[0].samples is None else np.concatenate([b.samples for b in blocks]),
+                   local=None if blocks[0].local is None else np.concatenate([b.local for b in blocks]))
 
 
 def _fit_rows(values: np.ndarray, start: float, step: float, params: Mapping[str, Any]) -> SeasonalProfile:
     """fit() over one block of rows."""
     cfg = settings(params)
     timestamps = start + step * np.arange(values.shape[1])
+    seasons = _fit_seasons(values, timestamps, step, cfg)
+    local = None
+    if cfg["local_window"] is not None:
+        local = _drifting(values, timestamps, step, cfg)
+        seasons = [replace(s, profile=np.where(local[:, None], 0.0, s.profile)) for s in seasons]
+    rest = values.astype(np.float64, copy=True)
+    for season in seasons:
+        rest -= season.profile[:, season.bucket_of(timestamps)]
+    windows = [max(int(round(cfg["level_window"] / step)), 3)]
+    if local is not None:
+        windows.append(max(int(round(cfg["local_window"] / step)), 1))
+    lag = int(round(cfg["residual_lag"] / step))
+    level, residual = _level_and_residual(rest, windows, local, lag, None)
+    if cfg["robust_reference"]:  # excursions out of the reference: a spike is not spread over the next hours
+        level, residual = _level_and_residual(rest, windows, local, lag, _excursions(residual))
+    span = step * values.shape[1]
+    scale_period = seasons[0].period if seasons else span
+    scale_count = min(cfg["scale_buckets"] or seasons[0].buckets, seasons[0].buckets) if seasons else 1
+    scale = _bucket_scale(residual, _Buckets(scale_period, scale_count).of(timestamps), scale_count)
+    scaled = residual / scale[:, _Buckets(scale_period, scale_count).of(timestamps)]
+    quantiles = arrays.nanquantile_rows(scaled, PROBABILITIES)
+    count = np.sum(~np.isnan(scaled), axis=1)
+    ok = (count >= 2) & ~np.isnan(level)
+    extremes = arrays.nanrange(scaled) if cfg["range_margin"] is not None else None
+    seen = None if cfg["range_history"] is None else count / (cfg["range_history"] / step)
+    return SeasonalProfile(tuple(seasons), level, scale_period, scale, quantiles, ok, cfg["tail"], extremes,
+                           cfg["range_margin"] or 1.0, seen, local)
+
+
+def _fit_seasons(values: np.ndarray, timestamps: np.ndarray, step: float, cfg: Mapping[str, Any]) -> list[Season]:
+    """The seasonal profiles of every row, each fitted on what the shorter seasons left over."""
     span = step * values.shape[1]
     observed, samples = _observed_span(values, step), np.count_nonzero(~np.isnan(values), axis=1)
     rest = values.astype(np.float64, copy=True)
@@ -209,26 +281,70 @@ def _fit_rows(values: np.ndarray, start: float, step: float, params: Mapping[str
             season = _fit_season(rest, timestamps, period, count, used)
             rest -= season.profile[:, season.bucket_of(timestamps)]
             seasons.append(season)
+    return seasons
+
+
+def _level_and_residual(rest: np.ndarray, windows: list[int], local: np.ndarray | None, lag: int,
+                        excluded: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per series, the level and the residuals of its baseline: the seasonal one's window (windows[0]), or
+    the drift-following one's (windows[1]) where `local`."""
+    level, residual = _reference(rest, windows[0], lag, excluded)
+    if local is not None:
+        local_level, local_residual = _reference(rest, windows[1], lag, excluded)
+        level = np.where(local, local_level, level)
+        residual = np.where(local[:, None], local_residual, residual)
+    return level, residual
+
+
+def _reference(rest: np.ndarray, window: int, lag: int, excluded: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The level (median of the last `window` points) and the residuals against a trailing mean of `window`
+    points as it stood `lag` points before: what a forecast that old meets. The `excluded` samples (an
+    excursion) are left out of the trailing mean while it has others; once a whole window is excluded, a
+    lasting change is the new normal and the mean is the plain one again."""
+    level = arrays.nanmedian(rest[:, -window:])
+    level = np.where(np.isnan(level), arrays.nanmedian(rest), level)
+    mean = arrays.trailing_mean(rest, window)
+    if excluded is not None:
+        robust = arrays.trailing_mean(np.where(excluded, np.nan, rest), window, fallback=mean)
+        mean = np.where(np.isnan(robust), mean, robust)
+    return level, rest - arrays.lagged(mean, lag)
+
+
+def _excursions(residual: np.ndarray) -> np.ndarray:
+    """Samples beyond the exponential tail's 1e-4 quantile on their side, from the 90-99 % decade: rarer
+    than one in ten thousand, an excursion rather than noise."""
+    q05, q005, q95, q995 = arrays.nanquantile_rows(residual, np.array([0.05, 0.005, 0.95, 0.995]))
+    decades = np.log10(0.005 / 1e-4)
+    low, high = q005 + (q005 - q05) * decades, q995 + (q995 - q95) * decades
+    with np.errstate(invalid="ignore"):
+        return (residual < low[:, None]) | (residual > high[:, None])
+
+
+def _drifting(values: np.ndarray, timestamps: np.ndarray, step: float, cfg: Mapping[str, Any]) -> np.ndarray:
+    """Per series, whether the drift-following baseline (no seasons, the level of the last `local_window`)
+    forecast the held-back end of the window better than the seasonal one fitted on the rest of it
+    (mean absolute error of a forecast `residual_lag` old, as the residuals are taken)."""
+    held = min(int(round(cfg["holdout"] / step)), values.shape[1] // 3)
+    if held < 1:
+        return np.zeros(values.shape[0], bool)
+    lag = int(round(cfg["residual_lag"] / step))
+    seasons = _fit_seasons(values[:, :-held], timestamps[:-held], step, cfg)
+    rest = values.astype(np.float64, copy=True)
+    for season in seasons:
+        rest -= season.profile[:, season.bucket_of(timestamps)]
     window = max(int(round(cfg["level_window"] / step)), 3)
-    level = _nanmedian(rest[:, -window:])
-    level = np.where(np.isnan(level), _nanmedian(rest), level)
-    residual = rest - _lagged(_trailing_mean(rest, window), int(round(cfg["residual_lag"] / step)))
-    scale_period = seasons[0].period if seasons else span
-    scale_count = min(cfg["scale_buckets"] or seasons[0].buckets, seasons[0].buckets) if seasons else 1
-    scale = _bucket_scale(residual, _Buckets(scale_period, scale_count).of(timestamps), scale_count)
-    scaled = residual / scale[:, _Buckets(scale_period, scale_count).of(timestamps)]
-    quantiles = _nanquantile_rows(scaled, PROBABILITIES)
-    ok = (np.sum(~np.isnan(scaled), axis=1) >= 2) & ~np.isnan(level)
-    extremes = _nanrange(scaled) if cfg["range_margin"] is not None else None
-    return SeasonalProfile(tuple(seasons), level, scale_period, scale, quantiles, ok, cfg["tail"], extremes,
-                           cfg["range_margin"] or 1.0)
+    short = max(int(round(cfg["local_window"] / step)), 1)
+    seasonal_error = np.abs(_reference(rest, window, lag, None)[1][:, -held:])
+    local_error = np.abs(_reference(values.astype(np.float64), short, lag, None)[1][:, -held:])
+    with np.errstate(invalid="ignore"):
+        return arrays.nanmean(local_error) < arrays.nanmean(seasonal_error)
 
 
 def _fit_season(rest: np.ndarray, timestamps: np.ndarray, period: float, count: int, used: np.ndarray) -> Season:
     """The season's profile, flat (zero) for the series not `used` (too little history of their own)."""
     buckets = _Buckets(period, count).of(timestamps)
-    profile = _group_nanmedian(rest, buckets, count)
-    center = _nanmedian(profile)
+    profile = arrays.group_nanmedian(rest, buckets, count)
+    center = arrays.nanmedian(profile)
     profile = np.where(np.isnan(profile), 0.0, profile - np.where(np.isnan(center), 0.0, center)[:, None])
     return Season(period, count, np.where(used[:, None], profile, 0.0))
 
@@ -243,8 +359,8 @@ def _observed_span(values: np.ndarray, step: float) -> np.ndarray:
 
 def _bucket_scale(residual: np.ndarray, buckets: np.ndarray, count: int) -> np.ndarray:
     spread = np.abs(residual)
-    overall = _nanmedian(spread)
-    per_bucket = _group_nanmedian(spread, buckets, count)
+    overall = arrays.nanmedian(spread)
+    per_bucket = arrays.group_nanmedian(spread, buckets, count)
     if count >= 3:  # smooth over neighbouring buckets: a bucket holds few samples
         neighbours = np.stack([np.roll(per_bucket, 1, axis=1), per_bucket, np.roll(per_bucket, -1, axis=1)])
         counts = np.sum(~np.isnan(neighbours), axis=0)
@@ -254,71 +370,6 @@ def _bucket_scale(residual: np.ndarray, buckets: np.ndarray, count: int) -> np.n
         ratio = per_bucket / overall[:, None]
     ratio = np.where(np.isfinite(ratio), ratio, 1.0)
     return np.clip(ratio, 0.25, 4.0)
-
-
-def _group_nanmedian(values: np.ndarray, groups: np.ndarray, count: int) -> np.ndarray:
-    """Median of each row over the columns of each group: (series, count); NaN where a group is empty."""
-    order = np.argsort(groups, kind="stable")
-    sizes = np.bincount(groups, minlength=count)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    rank = np.arange(len(order)) - starts[groups[order]]
-    index = np.full((count, max(int(sizes.max()), 1)), values.shape[1])  # pad points at a NaN column
-    index[groups[order], rank] = order
-    padded = np.concatenate([values, np.full((values.shape[0], 1), np.nan)], axis=1)
-    return _nanmedian(padded[:, index])
-
-
-def _nanmedian(values: np.ndarray) -> np.ndarray:
-    """NaN-ignoring median over the last axis (NaN where all are NaN), by one sort."""
-    return _nanquantile_last(values, np.array([0.5]))[..., 0]
-
-
-def _nanrange(values: np.ndarray) -> np.ndarray:
-    """Smallest and largest value of each row, ignoring NaN: shape (2, rows); NaN for a row without values."""
-    present = ~np.isnan(values)
-    lowest = np.min(np.where(present, values, np.inf), axis=1)
-    highest = np.max(np.where(present, values, -np.inf), axis=1)
-    return np.where(present.any(axis=1), np.stack([lowest, highest]), np.nan)
-
-
-def _nanquantile_rows(values: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    return np.moveaxis(_nanquantile_last(values, probabilities), -1, 0)
-
-
-def _nanquantile_last(values: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    """Linear-interpolated quantiles over the last axis, ignoring NaN: shape (..., len(probabilities))."""
-    ordered = np.sort(values, axis=-1)  # NaN sorts last
-    valid = np.sum(~np.isnan(ordered), axis=-1, keepdims=True)
-    position = probabilities * np.maximum(valid - 1, 0)
-    below = np.floor(position).astype(np.int64)
-    above = np.minimum(below + 1, np.maximum(valid - 1, 0))
-    low = np.take_along_axis(ordered, below, axis=-1)
-    high = np.take_along_axis(ordered, above, axis=-1)
-    result = low + (high - low) * (position - below)
-    return np.where(valid > 0, result, np.nan)
-
-
-def _trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
-    """Mean of the `window` points before each point (NaN-aware); the first point gets its own value."""
-    present = ~np.isnan(values)
-    sums = np.concatenate([np.zeros((values.shape[0], 1)), np.cumsum(np.where(present, values, 0), axis=1)], 1)
-    counts = np.concatenate([np.zeros((values.shape[0], 1)), np.cumsum(present, axis=1)], axis=1)
-    end = np.arange(values.shape[1])
-    begin = np.maximum(end - window, 0)
-    total = sums[:, end] - sums[:, begin]
-    number = counts[:, end] - counts[:, begin]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = total / number
-    return np.where(number > 0, mean, values)
-
-
-def _lagged(values: np.ndarray, lag: int) -> np.ndarray:
-    """Each row shifted `lag` columns later (NaN where nothing came before)."""
-    if lag <= 0:
-        return values
-    shifted = np.full_like(values, np.nan)
-    shifted[:, lag:] = values[:, :-lag]
-    return shifted
 
 
 def _interpolate_rows(quantiles: np.ndarray, probability: float) -> np.ndarray:
