@@ -42,6 +42,10 @@ Per series, on the rule's grid:
   banded as if f times rarer, along its own exponential tail: the band and the range cap move out by the
   tail's step per decade times log10(1/f). The largest of n residuals is exceeded with probability
   1/(n+1); a day's range is a third as rare a bound as three days'.
+- The series' resolution (`resolution`): the band is widened on each side by the smallest step between
+  consecutive distinct values in the window. A counter of a few events that reads 0 where 1 was forecast,
+  or a gauge quantised to whole units, cannot be known to deviate by less than one step; for a continuous
+  series the step is far below its noise and changes nothing.
 - Two ideas of normal (`local_window`): per series, the seasonal baseline or a drift-following one (no
   seasons, the level over the last `local_window`), whichever forecast the held-back end of the window
   (`holdout`, at most a third of it) better, the seasonal one fitted on the rest: a series without a
@@ -70,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "residual_lag": "0s", "range_margin": None, "local_window": None, "holdout": "7d",
 
     "range_history": None, "robust_reference": False,
+    "resolution": False,
 }
 
 
@@ -101,6 +106,7 @@ class SeasonalProfile:
     range_margin: float = 1.0  # the band is capped at the window's range times this
     samples: np.ndarray | None = None  # residuals seen per series, over those of `range_history`; None: no widening
     local: np.ndarray | None = None  # per series: True where the drift-following baseline was chosen
+    resolution: np.ndarray | None = None  # per series: the smallest step between its values; None: not added
 
     def predict(self, timestamps: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """yhat, lower, upper of shape (series, len(timestamps)) with a `level` % central interval."""
@@ -109,7 +115,10 @@ class SeasonalProfile:
             yhat += season.profile[:, season.bucket_of(timestamps)]
         scale = self.scale[:, _Buckets(self.scale_period, self.scale.shape[1]).of(timestamps)]
         q_lo, q_hi = self.interval(level)
-        return yhat, yhat + q_lo[:, None] * scale, yhat + q_hi[:, None] * scale
+        lower, upper = yhat + q_lo[:, None] * scale, yhat + q_hi[:, None] * scale
+        if self.resolution is not None:  # a count of 0 where 1 was forecast is no news (see module docstring)
+            lower, upper = lower - self.resolution[:, None], upper + self.resolution[:, None]
+        return yhat, lower, upper
 
     def interval(self, level: float) -> tuple[np.ndarray, np.ndarray]:
         """Residual quantiles of the central `level` % interval, per series; lower <= 0 <= upper."""
@@ -184,6 +193,7 @@ def settings(params: Mapping[str, Any]) -> dict[str, Any]:
         "holdout": parse_duration(merged["holdout"]),
         "range_history": None if merged["range_history"] is None else parse_duration(merged["range_history"]),
         "robust_reference": bool(merged["robust_reference"]),
+        "resolution": bool(merged["resolution"]),
         "seasons": sorted(parse_duration(s) for s in seasons),
         "buckets": buckets,
         "level_window": parse_duration(merged["level_window"]),
@@ -231,6 +241,8 @@ def _concatenate(blocks: list[SeasonalProfile]) -> SeasonalProfile:
                    extremes=None if blocks[0].extremes is None
                    else np.concatenate([b.extremes for b in blocks], axis=1),
                    samples=None if blocks[0].samples is None else np.concatenate([b.samples for b in blocks]),
+                   resolution=None if blocks[0].resolution is None
+                   else np.concatenate([b.resolution for b in blocks]),
                    local=None if blocks[0].local is None else np.concatenate([b.local for b in blocks]))
 
 
@@ -264,7 +276,16 @@ def _fit_rows(values: np.ndarray, start: float, step: float, params: Mapping[str
     extremes = arrays.nanrange(scaled) if cfg["range_margin"] is not None else None
     seen = None if cfg["range_history"] is None else count / (cfg["range_history"] / step)
     return SeasonalProfile(tuple(seasons), level, scale_period, scale, quantiles, ok, cfg["tail"], extremes,
-                           cfg["range_margin"] or 1.0, seen, local)
+                           cfg["range_margin"] or 1.0, seen, local,
+                           _resolution(values) if cfg["resolution"] else None)
+
+
+def _resolution(values: np.ndarray) -> np.ndarray:
+    """Per series, the smallest step between consecutive distinct values (0 for a constant series)."""
+    with np.errstate(invalid="ignore"):
+        steps = np.abs(np.diff(values, axis=1))
+        smallest = np.min(np.where(steps > 0, steps, np.inf), axis=1)
+    return np.where(np.isfinite(smallest), smallest, 0.0)
 
 
 def _fit_seasons(values: np.ndarray, timestamps: np.ndarray, step: float, cfg: Mapping[str, Any]) -> list[Season]:

@@ -16,7 +16,7 @@ from oa_exporter.core import seasonal
 from oa_exporter.core.domain import Rule, SeriesMatrix
 from oa_exporter.core.presets import PRESETS
 from oa_exporter.core.services.backtester import Samples
-from tests.unit.test_default_model import DAY, RULE, STEP, TRAINED, metrics, replay
+from tests.unit.test_default_model import DAY, RULE, START, STEP, TRAINED, metrics, replay
 
 PARAMS = PRESETS["default"].model.params
 LOCAL = {**PARAMS, "local_window": "3h"}  # the drift-following baseline beside the seasonal one
@@ -54,6 +54,20 @@ def test_the_spread_of_an_outage_stays_out_of_the_residuals():
     plain = dict(PARAMS, robust_reference=False)  # without: 1.5-1.9x as wide here
     yhat, _, upper = seasonal.fit(values, times[0], STEP, plain).predict(future, RULE.level)
     assert np.all((upper - yhat)[:, 0] / noise > 1.4 * widths[0])
+
+
+def test_a_sparse_counter_does_not_page_on_its_noise_and_a_burst_pages_once():
+    rng = np.random.default_rng(3)
+    times = START + STEP * np.arange(int((TRAINED + 7) * DAY / STEP))
+    rates = np.array([0.05, 0.2, 0.5, 1, 2, 5])[:, None]  # events per 5 minutes, with a daily cycle
+    values = rng.poisson(rates * (1 + 0.5 * np.sin(2 * np.pi * times / DAY))[None]).astype(float)
+    first, burst = int(TRAINED * DAY / STEP), int((TRAINED + 3) * DAY / STEP)
+    quiet = replay(times, values).score > 1
+    values[:, burst : burst + 6] += 10 * np.maximum(rates, 1) + 10  # 30 minutes of a burst
+    loud = replay(times, values).score > 1
+    assert np.count_nonzero(quiet) == 0  # a week of integer noise around 0-5 events: no page (measured: none)
+    onsets = np.count_nonzero(loud[:, 1:] & ~loud[:, :-1], axis=1) + loud[:, 0]
+    assert loud[:, burst - first : burst - first + 6].any(axis=1).all() and np.all(onsets == 1)
 
 
 def test_a_random_walk_gets_the_drift_following_baseline_and_a_daily_cycle_keeps_its_profile():
