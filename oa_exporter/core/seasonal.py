@@ -71,10 +71,8 @@ PROBABILITIES = np.array(
 )
 DEFAULTS: dict[str, Any] = {
     "seasons": ["1d", "1w"], "buckets": 288, "level_window": "3h", "scale_buckets": None, "tail": None,
-    "residual_lag": "0s", "range_margin": None, "local_window": None, "holdout": "7d",
-
-    "range_history": None, "robust_reference": False,
-    "resolution": False,
+    "residual_lag": "0s", "range_margin": None, "local_window": None, "holdout": "7d", "range_history": None,
+    "robust_reference": False, "resolution": False,
 }
 
 
@@ -187,6 +185,9 @@ def settings(params: Mapping[str, Any]) -> dict[str, Any]:
     if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int | float)
                                or not 1 <= margin <= 10):
         raise ValueError("SeasonalProfile range_margin must be a factor from 1 to 10 (1.05: 5 % beyond the range)")
+    for flag in ("robust_reference", "resolution"):
+        if not isinstance(merged[flag], bool):
+            raise ValueError(f"SeasonalProfile {flag} must be true or false")
     local_window = merged["local_window"]
     return {
         "local_window": None if local_window is None else parse_duration(local_window),
