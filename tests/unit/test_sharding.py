@@ -107,3 +107,16 @@ async def test_a_shard_that_gains_series_fits_them_at_once(start_daemon, tmp_pat
     page = await replica.trained()
     assert replica.fits("requests") == 2
     assert len(values(page, "oa_anomaly_score", rule="requests")) == 60
+
+
+async def test_a_count_that_leaves_this_replica_out_fails_the_reload_and_keeps_the_layout(start_daemon, tmp_path):
+    count_file = tmp_path / "count"
+    count_file.write_text("3")
+    replica = await start_daemon(RULES, many_series(), shard_count_file=str(count_file), shard_index=2)
+    owned = set(values(await replica.trained(), "oa_y", rule="requests"))
+    count_file.write_text("2")  # shard 2 of 2 does not exist
+    assert not await replica.load()
+    assert any("outside" in problem for problem in map(str, replica.app.reload_problems))
+    page = await replica.cycle()
+    assert value(page, "oa_rules_last_reload_successful") == 0 and value(page, "oa_shard_count") == 3
+    assert set(values(page, "oa_y", rule="requests")) == owned
