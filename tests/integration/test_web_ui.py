@@ -52,13 +52,13 @@ def screenshots(tmp_path) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def daemon(prometheus: PrometheusServer, tmp_path: Path):
+async def daemon(prometheus: PrometheusServer, tmp_path: Path, writable: bool = True):
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     port = free_port()
     settings = Settings(rules=(str(rules),), prometheus_url=prometheus.url, web_listen_address=f"127.0.0.1:{port}",
                         artifact_dir=str(tmp_path / "models"), pool_workers=1, query_retries=1,
-                        web_enable_rules_api=True)
+                        web_enable_rules_api=writable)
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop=stop))
     try:
@@ -130,3 +130,25 @@ async def test_rules_page_rule_chart_editor_preview_and_save_in_a_browser(promet
             await browser.close()
         assert await scores_on_metrics(base, "requests_edited") == 10
     assert "requests_edited" in (tmp_path / "rules.yaml").read_text()
+
+
+async def test_the_ui_is_read_only_when_the_rules_api_is_off(prometheus, tmp_path, screenshots):
+    from playwright.async_api import async_playwright, expect
+
+    async with daemon(prometheus, tmp_path, writable=False) as base, async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            await page.goto(f"{base}/ui/")
+            await expect(page.locator("#rules")).to_contain_text("requests")
+            await expect(page.locator("#mode")).to_have_text("rules API: read-only")
+            await expect(page.locator("#new-rule")).to_have_count(0)
+            await page.click("#rules a:text('requests')")
+            await expect(page.locator("#chart-note")).to_contain_text("series")  # previews still work
+            await expect(page.locator("#edit")).to_have_count(0)
+            await page.goto(f"{base}/ui/#/edit/requests")
+            await expect(page.locator("main")).to_contain_text("--web.enable-rules-api")
+            await page.screenshot(path=screenshots / "6-read-only.png", full_page=True)
+        finally:
+            await browser.close()
+    assert (tmp_path / "rules.yaml").read_text() == RULES

@@ -63,7 +63,8 @@ async function rulePage(name) {
   const scores = rule.top_scores.map((s, i) => `<tr class="pick" data-row="${i}">
       <td>${esc(labelText(s.labels))}</td><td class="num ${s.score > 1 ? "hot" : ""}">${number(s.score)}</td>
       <td class="num">${number(s.y)}</td><td class="num">${number(s.yhat)}</td>
-      <td class="num">${number(s.yhat_lower)} – ${number(s.yhat_upper)}</td></tr>`).join("");
+      <td class="num">${s.yhat_lower === null ? "–" : `${number(s.yhat_lower)} – ${number(s.yhat_upper)}`}</td>
+      </tr>`).join("");
   const fits = rule.fit_history.slice().reverse().map((f) => `<tr><td>${esc(new Date(f.finished_at * 1000)
       .toLocaleString())}</td><td>${f.ok ? "ok" : "failed"}</td><td class="num">${f.series}</td>
       <td class="num">${(f.finished_at - f.started_at).toFixed(1)} s</td><td class="error">${esc(f.error)}</td></tr>`)
