@@ -167,6 +167,8 @@ def history_reader(settings: Settings, tsdb: TsdbClient, clock: Callable[[], flo
         return None  # a daemon told to keep models in memory only keeps no history on disk either, unless told
     directory = settings.history_dir or (
         str(Path(settings.artifact_dir) / ".history") if settings.artifact_store == "local" else "./oa-history")
+    if not settings.history_dir and settings.shard_index > 0:  # shards sharing a directory keep their own history
+        directory += f"-shard-{settings.shard_index}"
     store = LocalHistoryStore(directory, settings.history_max_bytes)
     return HistoryReader(tsdb, store, settings.history_overlap, clock, source=settings.prometheus_url)
 

@@ -121,6 +121,8 @@ async def test_three_shards_export_every_series_once_and_a_fourth_moves_a_quarte
         assert all(now[i] <= owned[i] for i in range(3))  # the series that moved left their old shard's /metrics
         assert len(fourth) <= 0.35 * SERIES
         assert [await replica.fits() for replica in replicas[:3]] == [1, 1, 1]  # the rest kept their models
+        histories = sorted(p.name for p in (tmp_path / "models").iterdir() if p.name.startswith(".history"))
+        assert histories == [".history", ".history-shard-1", ".history-shard-2", ".history-shard-3"]
     finally:
         for replica in replicas:
             await replica.close()
