@@ -7,13 +7,15 @@ so a worker running another version of the code refuses a job it would fit diffe
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .domain import Bands, Direction, ModelSpec, Rule
+from .domain import Bands, Direction, ModelSpec, Rule, SeriesKey
 from .errors import EngineError
+from .excursions import Ongoing
 
 TRAINING = "training"
 INFERENCE = "inference"
@@ -21,10 +23,12 @@ INFERENCE = "inference"
 
 @dataclass(frozen=True)
 class TrainingJob:
-    """Fit a rule on the window that ends at `window_end`: the same job always makes the same artifact."""
+    """Fit a rule on the window that ends at `window_end`, holding back the excursions in progress the daemon
+    saw (`ongoing`): the same job always makes the same artifact."""
 
     rule: Rule
     window_end: float
+    ongoing: Mapping[SeriesKey, Ongoing] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -33,11 +37,14 @@ class TrainingJob:
 
     def payload(self) -> dict[str, Any]:
         return {"rule": rule_to_dict(self.rule), "fingerprint": self.rule.fingerprint(),
-                "window_end": self.window_end}
+                "window_end": self.window_end,
+                "ongoing": [[base64.b64encode(key).decode(), e.after, e.since] for key, e in self.ongoing.items()]}
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> TrainingJob:
-        return cls(rule_from_dict(payload["rule"], payload["fingerprint"]), float(payload["window_end"]))
+        ongoing = {base64.b64decode(key): Ongoing(float(after), float(since))
+                   for key, after, since in payload.get("ongoing", [])}
+        return cls(rule_from_dict(payload["rule"], payload["fingerprint"]), float(payload["window_end"]), ongoing)
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,14 @@ from typing import Any
 from .domain import Direction, ModelSpec, Rule, RuleGroup, RuleSet
 from .durations import parse_duration
 from .errors import Problem, RuleError
+from .excursions import NEW_NORMAL_AFTER
 from .presets import PRESETS, Preset
 
 GROUP_KEYS = {"name", "interval", "rules"}
 RULE_KEYS = {
     "anomaly", "expr", "step", "model", "train", "forecast", "direction",
     "min_history", "max_series", "labels", "annotations", "preset", "repeat_window",
+    "new_normal_after",
 }
 MODEL_KEYS = {"engine", "name", "params"}
 TRAIN_KEYS = {"window", "every"}
@@ -164,7 +166,8 @@ def _rule(node: Any, group: str, interval: float | None, ctx: _Context) -> Rule 
     level = _level(forecast, ctx, preset.level)
     # a window the rule shortened below the preset's warm-up: ready once the window is full
     min_history = _duration(node, "min_history", min(preset.min_history, window or preset.min_history), ctx)
-    repeat_window = _repeat_window(node, preset.repeat_window, ctx)
+    repeat_window = _optional_duration(node, "repeat_window", preset.repeat_window, ctx)
+    new_normal_after = _optional_duration(node, "new_normal_after", NEW_NORMAL_AFTER, ctx)
     direction = _direction(node, ctx)
     max_series = _positive_int(node, "max_series", 10000, ctx)
     labels = _labels(node, "labels", ctx)
@@ -185,6 +188,7 @@ def _rule(node: Any, group: str, interval: float | None, ctx: _Context) -> Rule 
         horizon=horizon, level=level, direction=direction, min_history=min_history, max_series=max_series,
         labels=labels, file=ctx.file, line=_line(node), repeat_window=repeat_window or 0.0,
         annotations=annotations,
+        new_normal_after=new_normal_after or 0.0,
     )
 
 
@@ -284,11 +288,11 @@ def _duration(node: Mapping, key: str, default: float, ctx: _Context) -> float |
         return None
 
 
-def _repeat_window(node: Mapping, default: float, ctx: _Context) -> float | None:
+def _optional_duration(node: Mapping, key: str, default: float, ctx: _Context) -> float | None:
     """A duration, or 0 / "off" for none."""
-    if node.get("repeat_window") in (0, "0", "off"):
+    if node.get(key) in (0, "0", "off"):
         return 0.0
-    return _duration(node, "repeat_window", default, ctx)
+    return _duration(node, key, default, ctx)
 
 
 def _level(node: Mapping, ctx: _Context, default: float = 99.0) -> float | None:

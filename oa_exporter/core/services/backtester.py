@@ -133,6 +133,7 @@ class Backtester:
                                        (score, scores.score)):
                     target[rows, cycle] = source
                 slot.unmodelled = int(scores.ready.size - np.count_nonzero(scores.ready))
+                slot.excursions.observe(scores)
             if slot.fit_due(now, cadence):
                 error = await self._fit(slot, now)
                 fits += error is None
@@ -159,7 +160,7 @@ class Backtester:
         """Fit as the runner does; a failure is kept (and retried on the runner's backoff), never raised."""
         slot.last_fit_attempt = now
         try:
-            model = await self.trainer.train(slot.rule, now)
+            model = await self.trainer.train(slot.rule, now, slot.excursions.ongoing())
             slot.forecasts = Forecasts.of(model, await self.inferencer.bands(slot.rule, model, now))
         except Exception as e:  # as the runner: one failed fit never ends the replay
             slot.failures += 1

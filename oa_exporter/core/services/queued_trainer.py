@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
-from ..domain import Model, Rule
+from ..domain import Model, Rule, SeriesKey
 from ..errors import ArtifactError
+from ..excursions import Ongoing
 from ..jobs import TrainingJob
 from ..ports import JobQueue
 from .trainer import Trainer
@@ -19,11 +21,12 @@ class QueuedTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.queue = queue
 
-    async def train(self, rule: Rule, now: float) -> Model:
-        """Queue the job, wait for the worker, load its model; the outcome is recorded as a local fit's is."""
+    async def train(self, rule: Rule, now: float, ongoing: Mapping[SeriesKey, Ongoing] | None = None) -> Model:
+        """Queue the job (the excursions in progress with it), wait for the worker, load its model; the outcome
+        is recorded as a local fit's is."""
         started = time.perf_counter()
         try:
-            outcome = await self.queue.train(TrainingJob(rule, now))
+            outcome = await self.queue.train(TrainingJob(rule, now, dict(ongoing or {})))
             model = await self.read(rule, outcome.artifact) if outcome.artifact else None
             if model is None:
                 raise ArtifactError(f"the worker's model {outcome.artifact or '(not stored)'} could not be loaded "

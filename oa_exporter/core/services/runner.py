@@ -13,9 +13,21 @@ from typing import Any
 
 import numpy as np
 
-from ..domain import FitEvent, InstantVector, Model, Rule, RuleGroup, RuleScores, RuleSet, RuleStatus, SeriesState
+from ..domain import (
+    FitEvent,
+    InstantVector,
+    Model,
+    Rule,
+    RuleGroup,
+    RuleScores,
+    RuleSet,
+    RuleStatus,
+    SeriesKey,
+    SeriesState,
+)
 from ..durations import iso_time
 from ..errors import OAError
+from ..excursions import Excursions, Ongoing
 from ..ports import ResultSink, Telemetry
 from ..scoring import Repeats
 from ..sharding import Ownership, Shard
@@ -55,6 +67,7 @@ class RuleSlot:
     fit_history: deque[FitEvent] = field(default_factory=lambda: deque(maxlen=FIT_HISTORY))
     empty_since: float | None = None  # since when the rule's expr has selected no series (None: it selects some)
     warning: str = ""  # something to look at that stops nothing ("" when all is well)
+    excursions: Excursions = field(default_factory=Excursions)  # per series, the excursion in progress
 
     def next_fit(self, interval: float) -> float:
         """When a (re)fit is due: at train.every, retried with backoff while fits fail, sooner (at most hourly)
@@ -182,7 +195,8 @@ class Runner:
             await self._load(slot, now)
         if slot.fit_due(now, group.interval) and (slot.fit_task is None or slot.fit_task.done()):
             slot.last_fit_attempt, slot.resharded = now, False
-            slot.fit_task = asyncio.create_task(self._fit(slot, now), name=f"fit:{rule.name}")
+            fit = self._fit(slot, now, slot.excursions.ongoing())  # what the scores said so far, taken now
+            slot.fit_task = asyncio.create_task(fit, name=f"fit:{rule.name}")
         try:
             if slot.forecasts and self.inferencer.needs_refresh(rule, slot.forecasts.bands, now):
                 bands = await self.inferencer.bands(rule, slot.forecasts.model, now)
@@ -206,7 +220,8 @@ class Runner:
         self.telemetry.rule_health(rule.name, slot.failures == 0)
         if slot.update_due(now, group.interval):
             slot.last_update = now
-            slot.fit_task = asyncio.create_task(self._update(slot, now), name=f"update:{rule.name}")
+            slot.fit_task = asyncio.create_task(self._update(slot, now, slot.excursions.ongoing()),
+                                                name=f"update:{rule.name}")
 
     def _watch_emptiness(self, slot: RuleSlot, series: int, now: float) -> None:
         """Flag a rule whose expr has selected nothing for NO_SERIES_WARNING (log, API, oa_rule_warning)."""
@@ -230,6 +245,7 @@ class Runner:
         self.telemetry.shard_series(slot.rule.name, *slot.owned)
         scores = self.inferencer.score(slot.rule, vector, slot.forecasts, slot.repeats)
         self.sink.publish(scores)
+        slot.excursions.observe(scores)
         return scores
 
     async def _load(self, slot: RuleSlot, now: float) -> None:
@@ -239,11 +255,11 @@ class Runner:
             log.info("rule %s: loaded the stored model trained at %s", slot.rule.name, iso_time(model.trained_at))
             await self._adopt(slot, model, now)
 
-    async def _fit(self, slot: RuleSlot, now: float) -> None:
+    async def _fit(self, slot: RuleSlot, now: float, ongoing: dict[SeriesKey, Ongoing]) -> None:
         rule = slot.rule
         self.fits[rule.name] = self.fits.get(rule.name, 0) + 1
         try:
-            model = await self.trainer.train(rule, now)
+            model = await self.trainer.train(rule, now, ongoing)
             await self._adopt(slot, model, self.clock())
             slot.failures, slot.fit_error = 0, ""
             slot.fit_history.append(FitEvent(now, self.clock(), True, series=len(model.keys)))
@@ -258,10 +274,10 @@ class Runner:
                     exc_info=not isinstance(e, OAError))
             self.telemetry.rule_health(rule.name, False, str(e))
 
-    async def _update(self, slot: RuleSlot, now: float) -> None:
+    async def _update(self, slot: RuleSlot, now: float, ongoing: dict[SeriesKey, Ongoing]) -> None:
         assert slot.forecasts is not None
         try:
-            model = await self.trainer.update(slot.rule, slot.forecasts.model, now)
+            model = await self.trainer.update(slot.rule, slot.forecasts.model, now, ongoing)
         except Exception as e:  # the model in use stays; the next refit will take the new series
             log.warning("rule %s: could not condition the model on new series: %s", slot.rule.name, e,
                         exc_info=not isinstance(e, OAError))

@@ -11,9 +11,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..domain import FitRecord, Model, Rule, SeriesMatrix, SeriesState
+from ..domain import FitRecord, Model, Rule, SeriesKey, SeriesMatrix, SeriesState
 from ..durations import format_duration
 from ..errors import ArtifactError, ArtifactRejected, CardinalityError, DispatchError, EngineError, RejectReason
+from ..excursions import Ongoing, hold_back
 from ..ports import ArtifactStore, JobDispatcher, ModelEngine, Telemetry, TsdbClient
 from ..sharding import Shard, select_history
 from .history import HistoryReader
@@ -52,10 +53,11 @@ class Trainer:
         self.shard = Shard()  # the series this replica fits: its share of every rule's (a reload may change it)
         self._orphans_checked = -math.inf
 
-    async def train(self, rule: Rule, now: float) -> Model:
-        """Query the training window, fit every series with enough history, store the model; record the outcome."""
+    async def train(self, rule: Rule, now: float, ongoing: Mapping[SeriesKey, Ongoing] | None = None) -> Model:
+        """Query the training window, fit every series with enough history, store the model; record the outcome.
+        `ongoing`: the rule's excursions in progress, held back from the fit while younger than new_normal_after."""
         try:
-            model, series = await self._fit(rule, now)
+            model, series = await self._fit(rule, now, ongoing)
         except Exception as e:
             await self._record(rule, error=str(e) or type(e).__name__)
             raise
@@ -90,10 +92,12 @@ class Trainer:
         """Whether the rule's model can take new series from their history without a refit (global models)."""
         return self.engines[rule.model.engine].capabilities(rule.model).update
 
-    async def update(self, rule: Rule, model: Model, now: float) -> Model:
+    async def update(self, rule: Rule, model: Model, now: float,
+                     ongoing: Mapping[SeriesKey, Ongoing] | None = None) -> Model:
         """The model conditioned on the rule's current history, series that appeared since its fit included,
-        weights unchanged. Not stored (the next fit is); band jobs then run here, as it has no artifact."""
-        history = select_history(await self._history(rule, now), self.shard)
+        weights unchanged, excursions in progress held back as in `train`. Not stored (the next fit is); band
+        jobs then run here, as it has no artifact."""
+        history = self._held_back(rule, select_history(await self._history(rule, now), self.shard), ongoing, now)
         fresh = history.select(np.flatnonzero(history_span(history) >= rule.min_history))
         engine = self.engines[rule.model.engine]
         fitted = await asyncio.to_thread(engine.update, model, fresh)
@@ -128,8 +132,9 @@ class Trainer:
         """Drop what is kept in memory about a removed rule (its stored models and record stay)."""
         self.records.pop(rule, None)
 
-    async def _fit(self, rule: Rule, now: float) -> tuple[Model, dict[str, int]]:
-        history = select_history(await self._history(rule, now), self.shard)
+    async def _fit(self, rule: Rule, now: float,
+                   ongoing: Mapping[SeriesKey, Ongoing] | None) -> tuple[Model, dict[str, int]]:
+        history = self._held_back(rule, select_history(await self._history(rule, now), self.shard), ongoing, now)
         eligible = np.flatnonzero(history_span(history) >= rule.min_history)
         # every series ready (the usual case): fit the query result itself, not a copy of it (1.5 GB at 50k series)
         selected = history if len(eligible) == len(history.keys) else history.select(eligible)
@@ -174,6 +179,15 @@ class Trainer:
                 f"expr returns {len(history.keys)} series over the training window, above max_series "
                 f"{rule.max_series}: narrow the expr or raise max_series"
             )
+        return history
+
+    def _held_back(self, rule: Rule, history: SeriesMatrix, ongoing: Mapping[SeriesKey, Ongoing] | None,
+                   now: float) -> SeriesMatrix:
+        """The history with the samples of the excursions in progress younger than new_normal_after missing."""
+        held = hold_back(history, ongoing or {}, now, rule.new_normal_after)
+        if held:
+            log.info("rule %s: %d series in an excursion younger than new_normal_after (%gs): fitted without it",
+                     rule.name, held, rule.new_normal_after)
         return history
 
     async def _save(self, engine: ModelEngine, model: Model) -> Model:

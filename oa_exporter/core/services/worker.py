@@ -35,7 +35,7 @@ class JobWorker:
         if done:
             log.info("rule %s: the model for this window is already stored (%s): not refitting", rule.name, done)
             return TrainingOutcome(done, job.window_end, await self._series(rule), attempts=attempt)
-        model = await self.trainer.train(rule, job.window_end)
+        model = await self.trainer.train(rule, job.window_end, job.ongoing)
         if not model.artifact:
             raise ArtifactError(f"rule {rule.name}: fitted, but the artifact store refused the model (see the "
                                 "worker's log): the daemon cannot load it")

@@ -1,0 +1,47 @@
+"""Synthetic families with known answers (tests/synthetic.py): how they are made and counted, and the
+false-alarm budgets and detection delays `preset: default` meets on them, replayed through the backtest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests import synthetic
+
+
+def test_a_family_is_the_same_for_the_same_seed_and_differs_across_seeds():
+    one = synthetic.generate(synthetic.FAMILIES["heavy_tailed"], series=2, days=4)
+    again = synthetic.generate(synthetic.FAMILIES["heavy_tailed"], series=2, days=4)
+    assert np.array_equal(one.values, again.values)
+    assert not np.array_equal(one.values[0], one.values[1])
+
+
+def test_anomalies_are_injected_after_the_warm_up_at_their_stated_size():
+    family = synthetic.FAMILIES["white_noise"]
+    clean = synthetic.generate(family, series=2, days=10)
+    dirty = synthetic.generate(family, series=2, days=10, size=8.0, length=6)
+    assert dirty.injected is not None and len(dirty.injected.onsets) == 5
+    assert min(dirty.injected.onsets) >= clean.first == 3 * synthetic.PER_DAY
+    added = dirty.values - clean.values
+    changed = np.flatnonzero(added[0])
+    assert added[0, changed] == pytest.approx(8.0 * family.scale)
+    assert changed.tolist() == [o + k for o in dirty.injected.onsets for k in range(6)]
+
+
+def test_a_series_that_starts_today_has_no_samples_before_and_counts_from_its_first():
+    young = synthetic.generate(synthetic.FAMILIES["starts_today"], series=1, days=21)
+    present = np.flatnonzero(~np.isnan(young.values[0]))
+    assert present[0] == young.first == 19 * synthetic.PER_DAY and present[-1] == young.values.shape[1] - 1
+
+
+def test_excursions_are_runs_above_one_that_begin_after_the_warm_up():
+    score = np.array([[2.0, 2.0, 0.0, 1.5, np.nan, 3.0, 3.0, 0.5, 1.0, 1.01]])
+    assert synthetic.excursions(score, first=0).tolist() == [4]
+    assert synthetic.excursions(score, first=1).tolist() == [3]  # the run at 0 began before the warm-up ended
+
+
+def test_a_delay_is_samples_from_onset_to_the_first_score_above_one_while_the_anomaly_lasts():
+    injected = synthetic.Injected(size=10.0, length=3, onsets=(2, 6))
+    score = np.array([[0.0, 0.0, 0.5, 1.2, 0.0, 0.0, 0.2, 0.3, 0.4, 5.0],
+                      [0.0, 0.0, 4.0, 0.0, 0.0, 0.0, np.nan, 2.0, 0.0, 0.0]])
+    assert synthetic.delays(score, injected).tolist() == [[1, -1], [0, 1]]
