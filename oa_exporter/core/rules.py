@@ -167,7 +167,7 @@ def _rule(node: Any, group: str, interval: float | None, ctx: _Context) -> Rule 
     # a window the rule shortened below the preset's warm-up: ready once the window is full
     min_history = _duration(node, "min_history", min(preset.min_history, window or preset.min_history), ctx)
     repeat_window = _optional_duration(node, "repeat_window", preset.repeat_window, ctx)
-    new_normal_after = _optional_duration(node, "new_normal_after", NEW_NORMAL_AFTER, ctx)
+    new_normal_after = _optional_duration(node, "new_normal_after", _new_normal_after(preset, model), ctx)
     direction = _direction(node, ctx)
     max_series = _positive_int(node, "max_series", 10000, ctx)
     labels = _labels(node, "labels", ctx)
@@ -286,6 +286,11 @@ def _duration(node: Mapping, key: str, default: float, ctx: _Context) -> float |
     except ValueError as e:
         ctx.report(f"{key}: {e}", node, key)
         return None
+
+
+def _new_normal_after(preset: Preset, model: ModelSpec | None) -> float:
+    """The preset's bound was chosen for its own model; a rule on another model gets the plain one."""
+    return preset.new_normal_after if model == preset.model else NEW_NORMAL_AFTER
 
 
 def _optional_duration(node: Mapping, key: str, default: float, ctx: _Context) -> float | None:

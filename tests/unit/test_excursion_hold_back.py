@@ -48,9 +48,9 @@ def rules(engine: str, model: str, params: str) -> str:
     """
 
 
-def jumped_tsdb() -> FakeTsdb:
-    """Three days of a daily cycle with unit noise on three hosts; host-00 jumps by 30σ at END - 5m and stays."""
-    series = seasonal_series("requests", 3, END - 3 * DAY, END + 4 * HOUR, step=STEP, seed=5)
+def jumped_tsdb(days: float = 3) -> FakeTsdb:
+    """Days of a daily cycle with unit noise on three hosts; host-00 jumps by 30σ at END - 5m and stays."""
+    series = seasonal_series("requests", 3, END - days * DAY, END + 9 * HOUR, step=STEP, seed=5)
     series[0].values[series[0].times >= END - STEP] += JUMP
     return FakeTsdb({EXPR: series})
 
@@ -129,3 +129,27 @@ def test_a_bad_new_normal_after_is_reported():
     with pytest.raises(RuleError, match="new_normal_after"):
         build_rule_set([SourceDocument("t", {"groups": [{"name": "g", "rules": [node]}]})],
                        ModelSpec("statsforecast", "SeasonalProfile"))
+
+
+async def test_the_default_preset_keeps_paging_through_a_refit_minutes_into_a_jump(start_daemon):
+    """`preset: default` holds nothing back (its level, a median of hours, does not follow two samples): the
+    outcome is the same, and the jump is the new normal within hours."""
+    text = f"""
+    groups:
+      - name: web
+        interval: 5m
+        rules:
+          - {{anomaly: requests, expr: "{EXPR}", preset: default}}
+    """
+    tsdb = jumped_tsdb(days=4)
+    daemon = await start_daemon(text, tsdb, now=END - HOUR)
+    await daemon.trained()  # hourly refits: at END the fit sees two samples of the jump
+    jumped = {}
+    for at in np.arange(END - HOUR + STEP, END + 8 * HOUR, STEP):
+        await daemon.cycle(float(at))
+        await daemon.fits_done()
+        jumped[float(at)] = daemon.scores("requests")["host-00"]
+    assert daemon.app.rules.rules[0].new_normal_after == 0
+    first_hour = [score for at, score in jumped.items() if END - STEP <= at <= END + HOUR]
+    assert min(first_hour) > 1.0, np.round(first_hour, 2)
+    assert max(score for at, score in jumped.items() if at >= END + 6 * HOUR) < 1.0
