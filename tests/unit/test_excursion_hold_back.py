@@ -42,6 +42,7 @@ def rules(engine: str, model: str, params: str) -> str:
         rules:
           - anomaly: requests
             expr: {EXPR}
+            preset: none
             model: {{engine: {engine}, name: {model}, params: {params}}}
             train: {{every: 2h, window: 3d}}
             new_normal_after: 2h
@@ -117,10 +118,20 @@ def test_a_training_job_carries_the_excursions_in_progress_to_the_worker():
 
 
 @pytest.mark.parametrize("setting, seconds", [(None, 3 * HOUR), ("off", 0.0), ("0", 0.0), ("30m", 1800.0)])
-def test_every_rule_holds_back_young_excursions_unless_it_says_otherwise(setting, seconds):
-    node = {"anomaly": "r", "expr": "x"} | ({} if setting is None else {"new_normal_after": setting})
+def test_a_rule_on_its_own_model_holds_back_young_excursions_unless_it_says_otherwise(setting, seconds):
+    node = {"anomaly": "r", "expr": "x", "model": {"engine": "sklearn", "name": "Ridge"}}
+    node |= {} if setting is None else {"new_normal_after": setting}
     [rule] = build_rule_set([SourceDocument("t", {"groups": [{"name": "g", "rules": [node]}]})],
                             ModelSpec("statsforecast", "SeasonalProfile")).rules
+    assert rule.new_normal_after == seconds
+
+
+@pytest.mark.parametrize("extra, seconds", [
+    ({}, 0.0), ({"preset": "default"}, 0.0), ({"preset": "none"}, 3 * HOUR),
+    ({"model": {"engine": "darts", "name": "LinearRegressionModel"}}, 3 * HOUR)])
+def test_the_default_presets_bound_goes_with_its_model(extra, seconds):
+    [rule] = build_rule_set([SourceDocument("t", {"groups": [{"name": "g", "rules": [
+        {"anomaly": "r", "expr": "x"} | extra]}]})], ModelSpec("statsforecast", "SeasonalProfile")).rules
     assert rule.new_normal_after == seconds
 
 
