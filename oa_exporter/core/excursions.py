@@ -5,14 +5,15 @@ forecasts from the latest samples (lags, a level of the last hours) then forecas
 the series stops paging while the incident goes on. So the daemon follows, from the scores it computes
 anyway, when each series' run of samples outside its band began (Excursions, one numpy pass per cycle),
 and a fit sees the samples of an excursion younger than the rule's `new_normal_after` as missing
-(hold_back): every engine then fits, and forecasts from, what the series did before the excursion (engines
+(held_back): every engine then fits, and forecasts from, what the series did before the excursion (engines
 carry the last value over trailing gaps, SeasonalProfile takes its level from the samples it has). An
 excursion that lasts longer is the new normal: from then on it is fitted like any other sample.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,16 +86,24 @@ class Excursions:
         self.keys, self.last, self.after, self.since = present, self.last[kept], self.after[kept], self.since[kept]
 
 
-def hold_back(history: SeriesMatrix, ongoing: Mapping[SeriesKey, Ongoing], now: float, bound: float) -> int:
-    """Mark the samples of every excursion younger than `bound` (seconds, at `now`) missing in `history`, in
-    place (the query's result belongs to its caller; no copy of a rule's whole history); return how many
-    series had samples held back. A bound of 0 holds nothing back."""
-    if bound <= 0 or not ongoing:
-        return 0
-    times, held = history.timestamps, 0
-    for row, key in enumerate(history.keys):  # once per fit, not per cycle
-        excursion = ongoing.get(key)
-        if excursion is not None and now - excursion.since < bound:
-            history.values[row, times > excursion.after] = np.nan
-            held += 1
-    return held
+@contextmanager
+def held_back(history: SeriesMatrix, ongoing: Mapping[SeriesKey, Ongoing], now: float,
+              bound: float) -> Iterator[int]:
+    """Within the block, the samples of every excursion younger than `bound` (seconds, at `now`) are missing
+    from `history`; yields how many series had samples held back. The matrix is changed in place (no copy of
+    a rule's whole history: it may be a view of what a TSDB adapter holds) and restored on leaving, so
+    whatever reads it inside the block (the fit) must copy what it keeps. A bound of 0 holds nothing back."""
+    saved: list[tuple[int, np.ndarray, np.ndarray]] = []
+    if bound > 0 and ongoing:
+        times = history.timestamps
+        for row, key in enumerate(history.keys):  # once per fit, not per cycle
+            excursion = ongoing.get(key)
+            if excursion is not None and now - excursion.since < bound:
+                columns = np.flatnonzero(times > excursion.after)
+                saved.append((row, columns, history.values[row, columns].copy()))
+                history.values[row, columns] = np.nan
+    try:
+        yield len(saved)
+    finally:
+        for row, columns, values in saved:
+            history.values[row, columns] = values

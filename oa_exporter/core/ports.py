@@ -33,8 +33,7 @@ class TsdbClient(Protocol):
     """Any Prometheus-API time-series database."""
 
     async def query_range(self, expr: str, start: float, end: float, step: float) -> SeriesMatrix:
-        """History of every series of `expr` on the grid start, start+step, ..., end; a fresh matrix the caller
-        owns (the Trainer marks samples missing in it)."""
+        """History of every series of `expr` on the grid start, start+step, ..., end."""
 
     async def query(self, expr: str, at: float) -> InstantVector:
         """The value of every series of `expr` at time `at`."""

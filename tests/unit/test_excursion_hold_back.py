@@ -13,7 +13,7 @@ import pytest
 
 from oa_exporter.core.domain import ModelSpec, RuleScores, SeriesMatrix
 from oa_exporter.core.errors import RuleError
-from oa_exporter.core.excursions import Excursions, Ongoing, hold_back
+from oa_exporter.core.excursions import Excursions, Ongoing, held_back
 from oa_exporter.core.jobs import TrainingJob
 from oa_exporter.core.rules import SourceDocument, build_rule_set
 from tests.unit.fakes import DAY, FakeTsdb, seasonal_series
@@ -104,10 +104,13 @@ def test_only_excursions_younger_than_the_bound_are_held_back_and_only_their_sam
     values = np.arange(20.0).reshape(2, 10)
     history = SeriesMatrix([b"young", b"old"], [{}, {}], 0.0, 60.0, values.copy())
     ongoing = {b"young": Ongoing(after=360.0, since=420.0), b"old": Ongoing(after=60.0, since=120.0)}
-    assert hold_back(history, ongoing, now=540.0, bound=300.0) == 1
-    assert np.isnan(history.values[0, 7:]).all() and (history.values[0, :7] == values[0, :7]).all()
-    assert (history.values[1] == values[1]).all()
-    assert hold_back(history, ongoing, now=540.0, bound=0.0) == 0
+    with held_back(history, ongoing, now=540.0, bound=300.0) as held:
+        assert held == 1
+        assert np.isnan(history.values[0, 7:]).all() and (history.values[0, :7] == values[0, :7]).all()
+        assert (history.values[1] == values[1]).all()
+    assert (history.values == values).all()  # restored: the matrix may be a view of what the TSDB holds
+    with held_back(history, ongoing, now=540.0, bound=0.0) as held:
+        assert held == 0
 
 
 def test_a_training_job_carries_the_excursions_in_progress_to_the_worker():

@@ -6,7 +6,8 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -14,7 +15,7 @@ import numpy as np
 from ..domain import FitRecord, Model, Rule, SeriesKey, SeriesMatrix, SeriesState
 from ..durations import format_duration
 from ..errors import ArtifactError, ArtifactRejected, CardinalityError, DispatchError, EngineError, RejectReason
-from ..excursions import Ongoing, hold_back
+from ..excursions import Ongoing, held_back
 from ..ports import ArtifactStore, JobDispatcher, ModelEngine, Telemetry, TsdbClient
 from ..sharding import Shard, select_history
 from .history import HistoryReader
@@ -97,8 +98,9 @@ class Trainer:
         """The model conditioned on the rule's current history, series that appeared since its fit included,
         weights unchanged, excursions in progress held back as in `train`. Not stored (the next fit is); band
         jobs then run here, as it has no artifact."""
-        history = self._held_back(rule, select_history(await self._history(rule, now), self.shard), ongoing, now)
-        fresh = history.select(np.flatnonzero(history_span(history) >= rule.min_history))
+        history = select_history(await self._history(rule, now), self.shard)
+        with self._held_back(rule, history, ongoing, now):
+            fresh = history.select(np.flatnonzero(history_span(history) >= rule.min_history))  # a copy
         engine = self.engines[rule.model.engine]
         fitted = await asyncio.to_thread(engine.update, model, fresh)
         return replace(model, keys=fresh.keys, labels=fresh.labels, fitted=fitted,
@@ -134,15 +136,16 @@ class Trainer:
 
     async def _fit(self, rule: Rule, now: float,
                    ongoing: Mapping[SeriesKey, Ongoing] | None) -> tuple[Model, dict[str, int]]:
-        history = self._held_back(rule, select_history(await self._history(rule, now), self.shard), ongoing, now)
+        history = select_history(await self._history(rule, now), self.shard)
         eligible = np.flatnonzero(history_span(history) >= rule.min_history)
         # every series ready (the usual case): fit the query result itself, not a copy of it (1.5 GB at 50k series)
         selected = history if len(eligible) == len(history.keys) else history.select(eligible)
         engine = self.engines[rule.model.engine]
         started = time.perf_counter()
         try:
-            fitted = await self.dispatcher.run(engine.fit, selected, rule.model, rule.level,
-                                               gpu=engine.capabilities(rule.model).gpu)
+            with self._held_back(rule, selected, ongoing, now):
+                fitted = await self.dispatcher.run(engine.fit, selected, rule.model, rule.level,
+                                                   gpu=engine.capabilities(rule.model).gpu)
         except Exception as e:
             self.telemetry.fit_done(rule.name, time.perf_counter() - started, False)
             if isinstance(e, DispatchError):  # timed out, or its process died: already says so, and may be retried
@@ -181,14 +184,15 @@ class Trainer:
             )
         return history
 
+    @contextmanager
     def _held_back(self, rule: Rule, history: SeriesMatrix, ongoing: Mapping[SeriesKey, Ongoing] | None,
-                   now: float) -> SeriesMatrix:
-        """The history with the samples of the excursions in progress younger than new_normal_after missing."""
-        held = hold_back(history, ongoing or {}, now, rule.new_normal_after)
-        if held:
-            log.info("rule %s: %d series in an excursion younger than new_normal_after (%gs): fitted without it",
-                     rule.name, held, rule.new_normal_after)
-        return history
+                   now: float) -> Iterator[None]:
+        """Within the block, the samples of the excursions in progress younger than new_normal_after are missing."""
+        with held_back(history, ongoing or {}, now, rule.new_normal_after) as held:
+            if held:
+                log.info("rule %s: %d series in an excursion younger than new_normal_after (%gs): fitted without it",
+                         rule.name, held, rule.new_normal_after)
+            yield
 
     async def _save(self, engine: ModelEngine, model: Model) -> Model:
         """Store the model and prune the rule's old ones; a store failure leaves the model serving, unstored."""
