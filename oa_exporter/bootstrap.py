@@ -474,7 +474,10 @@ def shard_layout(settings: Settings) -> Shard:
     --shard.index or the hostname's ordinal; ValueError when they do not fit together."""
     count = settings.shard_count
     if settings.shard_count_file:
-        text = Path(settings.shard_count_file).read_text().strip()
+        try:
+            text = Path(settings.shard_count_file).read_text().strip()
+        except OSError as e:
+            raise ValueError(f"--shard.count-file {settings.shard_count_file}: {e.strerror or e}") from e
         try:
             count = int(text)
         except ValueError as e:

@@ -58,6 +58,8 @@ def test_the_layout_comes_from_the_count_file_and_the_hostname(tmp_path):
     assert shard_layout(Settings.from_env({"OA_SHARD_COUNT": "3", "OA_SHARD_INDEX": "1"})) == Shard(1, 3)
     with pytest.raises(ValueError, match="--shard.index"):
         shard_layout(Settings.from_env({"OA_SHARD_COUNT": "3", "HOSTNAME": "laptop"}))
+    with pytest.raises(ValueError, match="count-file"):
+        shard_layout(Settings.from_env({"OA_SHARD_COUNT_FILE": str(tmp_path / "missing"), "OA_SHARD_INDEX": "0"}))
     with pytest.raises(ValueError, match="outside"):
         shard_layout(Settings.from_env({"OA_SHARD_COUNT": "3", "OA_SHARD_INDEX": "3"}))
 
