@@ -2,7 +2,8 @@
 
 The parser's cost grows faster than linearly with the number of binary operators and with nesting (3,000
 terms of `up+up+...` take 1.4 GB; 8,000 nested parentheses overflow its stack and kill the process), so an
-expression is measured before it reaches the parser. At the bounds below it takes under 30 MB and 30 ms.
+expression is measured before it reaches the parser. At the bounds below a parse took at most 50 MB and
+35 ms (256 operators: 25 MB; 60 terms each nested 64 deep: 50 MB).
 """
 
 from __future__ import annotations
