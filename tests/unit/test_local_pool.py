@@ -13,6 +13,7 @@ import pytest
 
 from oa_exporter.adapters.dispatch.gpu import GpuSlots
 from oa_exporter.adapters.dispatch.local_pool import JobTimeout, LocalPoolDispatcher, WorkerDied
+from oa_exporter.entrypoints.daemon import BACKGROUND_NICENESS
 
 
 def add(a: int, b: int) -> int:
@@ -54,8 +55,10 @@ async def test_results_and_large_payloads_come_back(pool):
 
 
 async def test_jobs_run_at_niceness_10_or_more(pool):
-    # 10 whether the forkserver came from this thread (0) or from a daemon's nicer executor thread (10)
-    assert await pool.run(niceness) == max(os.getpriority(os.PRIO_PROCESS, 0), 10)
+    # a floor of 10, whether the forkserver came from this thread or from a daemon's nicer executor thread
+    # (an earlier test's daemon), which runs BACKGROUND_NICENESS steps nicer than this one
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert max(own, 10) <= await pool.run(niceness) <= max(min(own + BACKGROUND_NICENESS, 19), 10)
 
 
 async def test_the_job_exception_is_raised_in_the_caller(pool):
@@ -70,11 +73,11 @@ async def test_a_crashing_job_fails_alone_and_the_next_job_runs(pool):
 
 
 async def test_a_job_past_its_limit_is_killed_and_the_pool_goes_on():
-    pool = LocalPoolDispatcher(workers=1, timeout=3)  # room for a loaded machine to start the child
+    pool = LocalPoolDispatcher(workers=1, timeout=15)  # room for a loaded machine to start the next child
     started = time.monotonic()
     with pytest.raises(JobTimeout):
-        await pool.run(sleep, 30)
-    assert time.monotonic() - started < 10
+        await pool.run(sleep, 300)
+    assert time.monotonic() - started < 60  # killed at its limit, long before the job would have ended
     assert await pool.run(add, 2, 2) == 4
 
 
