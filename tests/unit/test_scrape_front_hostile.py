@@ -118,7 +118,10 @@ async def test_the_acceptor_survives_running_out_of_descriptors(server, caplog):
                 filler.append(socket.socket())
         client.stdin.write(b"go\n")
         client.stdin.flush()
-        await asyncio.sleep(1.5)  # the client connects now; accept fails with EMFILE and backs off
+        for _ in range(300):  # the client connects now; accept fails with EMFILE and backs off
+            if "cannot accept connections" in caplog.text:
+                break
+            await asyncio.sleep(0.1)
     finally:
         for sock in filler:
             sock.close()
