@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -34,6 +35,25 @@ def basic_auth(security: Callable[[], WebSecurity]) -> Callable:
         return await handler(request)
 
     return check
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@web.middleware
+async def same_origin_writes(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                             ) -> web.StreamResponse:
+    """A browser's cross-site POST/PUT/DELETE (a page elsewhere reloading or rewriting the rules) is refused:
+    its Origin names another host than the one it was sent to. Clients that send no Origin (curl, Prometheus,
+    scripts) are not browsers and pass."""
+    origin = request.headers.get("Origin")
+    if request.method not in SAFE_METHODS and origin is not None and not _same_host(origin, request.host):
+        return web.Response(status=403, text="cross-origin request refused\n")
+    return await handler(request)
+
+
+def _same_host(origin: str, host: str) -> bool:
+    return origin != "null" and urlsplit(origin).netloc.lower() == host.lower()
 
 
 def extra_headers(security: Callable[[], WebSecurity]) -> Callable:
@@ -94,7 +114,7 @@ def make_app(
     async def landing(request: web.Request) -> web.Response:
         return web.Response(text=LANDING, content_type="text/html")
 
-    app = web.Application(middlewares=[basic_auth(security)])
+    app = web.Application(middlewares=[basic_auth(security), same_origin_writes])
     app.on_response_prepare.append(extra_headers(security))
     app.add_routes([
         web.get("/metrics", metrics), web.get("/-/healthy", healthy), web.get("/-/ready", ready),

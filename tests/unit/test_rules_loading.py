@@ -174,3 +174,21 @@ async def test_reload_over_http_is_refused_unless_the_lifecycle_api_is_enabled()
             assert answer.status == 403 and await answer.text() == "Lifecycle API is not enabled.\n"
         assert (await client.get("/-/reload")).status == 405  # never a state change on GET
     assert reloads == []
+
+
+async def test_a_cross_site_browser_request_cannot_reload():
+    reloads = []
+
+    async def reload() -> bool:
+        reloads.append(1)
+        return True
+
+    app = make_app(ExpositionPage(), lambda: True, reload, enable_lifecycle=True)
+    async with TestClient(TestServer(app)) as client:
+        host = f"{client.host}:{client.port}"
+        refused = await client.post("/-/reload", headers={"Origin": "http://evil.example"})
+        opaque = await client.post("/-/reload", headers={"Origin": "null"})
+        same_site = await client.post("/-/reload", headers={"Origin": f"http://{host}"})
+        no_origin = await client.post("/-/reload")
+    assert (refused.status, opaque.status, same_site.status, no_origin.status) == (403, 403, 200, 200)
+    assert len(reloads) == 2
