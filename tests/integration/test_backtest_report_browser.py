@@ -27,7 +27,8 @@ def page_file(tmp_path_factory) -> Path:
         groups:
           - name: g
             rules:
-              - {anomaly: latency, expr: request_latency_seconds, step: 5m, train: {window: 7d, every: 6h}}
+              - {anomaly: latency, expr: request_latency_seconds, step: 5m, train: {window: 7d, every: 6h},
+                 forecast: {level: 99}, min_history: 1d}
     """)
     out = folder / "out"
     assert main(["backtest", "--rules", str(rules), "--csv", *paths, "--out", str(out), "--jobs", "1",
