@@ -13,6 +13,7 @@ import pytest
 
 from oa_exporter.adapters.dispatch.gpu import GpuSlots
 from oa_exporter.adapters.dispatch.local_pool import JobTimeout, LocalPoolDispatcher, WorkerDied
+from oa_exporter.core.errors import EngineError
 from oa_exporter.entrypoints.daemon import BACKGROUND_NICENESS
 
 
@@ -158,3 +159,50 @@ async def test_gpu_slots_hand_out_one_job_per_device_busiest_last():
     assert not waiting.done()  # both devices busy
     await slots.release(0)
     assert await asyncio.wait_for(waiting, 1) == 0
+
+
+def exit_quietly() -> None:
+    os._exit(0)
+
+
+def tensor(n: int):
+    import torch
+
+    return torch.arange(n, dtype=torch.float64)
+
+
+async def test_a_job_that_exits_without_answering_is_reported_as_a_bug_not_retried():
+    pool = LocalPoolDispatcher(workers=1, timeout=30, retries=2)
+    try:
+        with pytest.raises(EngineError, match=r"exited normally \(exit code 0\) without sending its result"):
+            await pool.run(exit_quietly)
+        assert await pool.run(add, 1, 2) == 3
+    finally:
+        await pool.close()
+
+
+async def test_torch_tensors_come_back_whole_after_the_job_has_exited():
+    # multiprocessing's pickler would send them as shared-memory handles of a process that is gone by then
+    pytest.importorskip("torch", reason="needs torch (the neural extra)")
+    pool = LocalPoolDispatcher(workers=1, timeout=120)  # importing torch takes a while on a loaded machine
+    try:
+        assert float((await pool.run(tensor, 100_000)).sum()) == 100_000 * 99_999 / 2
+    finally:
+        await pool.close()
+
+
+async def test_nhits_fits_through_the_local_pool():
+    pytest.importorskip("neuralforecast", reason="needs the neural extra: pip install 'oa-exporter[neural]'")
+    from oa_exporter.adapters.engines.neuralforecast import NeuralForecastEngine
+    from oa_exporter.core.domain import ModelSpec, SeriesMatrix
+
+    minutes = np.arange(2 * 1440)
+    values = 100 + 10 * np.sin(2 * np.pi * minutes / 1440) + np.random.default_rng(0).normal(0, 1, (3, minutes.size))
+    history = SeriesMatrix([b"a", b"b", b"c"], [{"i": "a"}, {"i": "b"}, {"i": "c"}], 1.7e9, 60.0, values)
+    pool = LocalPoolDispatcher(workers=1, timeout=280)
+    try:
+        fitted = await pool.run(NeuralForecastEngine().fit, history, ModelSpec("neuralforecast", "NHITS",
+                                                                                {"max_steps": 5}), 99.0, gpu=True)
+    finally:
+        await pool.close()
+    assert fitted.ok.all()

@@ -4,6 +4,11 @@ Each job gets its own child, forked from a forkserver that has the engines' modu
 job starts in milliseconds and can be killed precisely: a job past its time limit is killed, and a child
 that dies (segfault, OOM kill) fails only its own job. The daemon and the other jobs carry on. A job that
 timed out or died is tried again, `retries` times at most. Jobs that want a GPU get one device to themselves.
+
+A result travels back as bytes of the standard pickle, never through multiprocessing's own pickler: once
+torch is imported, that pickler sends a tensor as a handle to shared memory that the receiver must fetch
+from the sending process, and a job's process has exited by then (NeuralForecast's models came back as
+"died before answering (exit code 0)"). A process that exits without answering is reported as what it is.
 """
 
 from __future__ import annotations
@@ -140,12 +145,16 @@ def _answer(receiver: Connection, child: multiprocessing.process.BaseProcess, ti
         child.kill()
         raise JobTimeout(f"job ran longer than its {timeout:.0f} s limit and was killed")
     try:
-        ok, payload = receiver.recv()
+        data = receiver.recv_bytes()
     except (EOFError, OSError) as e:
         child.join(5)
+        if child.exitcode == 0:  # it returned without sending: never a crash, always a bug of ours
+            raise EngineError("the training process exited normally (exit code 0) without sending its result: "
+                              "a bug in the job protocol of the local pool, please report it") from e
         log.error("a training process died (exit code %s)", child.exitcode)
         raise WorkerDied(f"training process died before answering (exit code {child.exitcode}: "
                          "crashed or killed, e.g. out of memory)") from e
+    ok, payload = pickle.loads(data)
     if ok:
         return payload
     raise payload
@@ -167,8 +176,16 @@ def _child_main(sender: Connection, fn: Callable[..., Any], args: tuple, devices
         result: tuple[bool, Any] = (True, fn(*args))
     except BaseException as e:  # the parent re-raises it; the child has nothing else to do
         result = (False, e if _picklable(e) else EngineError(f"{type(e).__name__}: {e}"))
-    sender.send(result)
+    sender.send_bytes(_encoded(result))
     sender.close()
+
+
+def _encoded(result: tuple[bool, Any]) -> bytes:
+    """The standard pickle of the result: self-contained bytes, whatever libraries the job imported."""
+    try:
+        return pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as e:
+        return pickle.dumps((False, EngineError(f"the job's result cannot be sent back: {type(e).__name__}: {e}")))
 
 
 def _run_nicer() -> None:
