@@ -18,6 +18,26 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Whose flags a setting is: the daemon's (`run`) and its celery workers' (`worker`, which share its OA_*
+# settings), unless it concerns only one of them. `demo`, `check` and `backtest` pick the few they take.
+WORKER_ONLY = frozenset({"worker_listen_address"})
+RUN_ONLY = frozenset({
+    "config_store", "rules", "rules_poll_interval", "web_listen_address", "web_enable_lifecycle",
+    "web_enable_rules_api", "preview_max_series", "preview_max_points", "preview_timeout", "model_engine",
+    "dispatcher", "pool_workers", "dask_scheduler", "celery_inference", "shard_count", "shard_index",
+    "shard_count_file", "output_mode",
+})
+
+
+def flag_commands(name: str) -> tuple[str, ...]:
+    """The commands among `run` and `worker` whose flags include the setting `name`."""
+    if name in WORKER_ONLY:
+        return ("worker",)
+    if name in RUN_ONLY or name.startswith("remote_write_"):
+        return ("run",)
+    return ("run", "worker")
+
+
 def _opt(flag: str, env: str, help: str, **extra: Any) -> dict[str, Any]:
     return {"flag": flag, "env": env, "help": help, **extra}
 

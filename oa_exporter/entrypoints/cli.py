@@ -10,7 +10,7 @@ import sys
 from dataclasses import fields
 
 from .. import __version__
-from ..settings import Settings
+from ..settings import Settings, flag_commands
 from .flags import add_setting_flag
 
 log = logging.getLogger("oa_exporter")
@@ -33,24 +33,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"oa-exporter {__version__}")
     commands = parser.add_subparsers(dest="command")
     run = commands.add_parser("run", help="run the daemon", description="Score every rule and serve /metrics.")
-    _add_settings_flags(run)
+    _add_settings_flags(run, "run")
     run.set_defaults(handler=_run)
     demo = commands.add_parser("demo", help="run the daemon on generated series: no infrastructure needed",
                                description="Score generated series served by an embedded Prometheus-API source.")
-    demo.add_argument("--web.listen-address", dest="web_listen_address", default=None,
-                      help="address to serve /metrics on (env OA_WEB_LISTEN_ADDRESS)")
-    demo.add_argument("--log.level", dest="log_level", default=None, choices=("debug", "info", "warn", "error"))
-    demo.add_argument("--log.format", dest="log_format", default=None, choices=("logfmt", "json"))
+    _add_settings_flags(demo, "demo", ("web_listen_address", "log_level", "log_format"))
     demo.set_defaults(handler=_demo)
     worker = commands.add_parser("worker", help="run a celery worker for the training or inference queue",
                                  description="Consume one queue of the celery dispatcher (OA_CELERY_BROKER).")
     worker.add_argument("--queue", required=True, choices=("training", "inference"), help="the queue to consume")
     worker.add_argument("--concurrency", type=int, default=0, help="jobs at once (default: the number of cores)")
-    _add_settings_flags(worker)
+    _add_settings_flags(worker, "worker")
     worker.set_defaults(handler=_worker)
     check = commands.add_parser("check", help="validate rules files (exit 0 when valid, 1 otherwise)")
     check.add_argument("files", nargs="+", help="rules files, directories or globs")
-    check.add_argument("--model.engine", dest="model_engine", default=None, help="default engine (OA_MODEL_ENGINE)")
+    _add_settings_flags(check, "check", ("model_engine",))
     check.set_defaults(handler=_check)
     from .backtest import add_parser as add_backtest  # numpy and the services load with it
 
@@ -61,10 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Settings field; each names its OA_* variable, which supplies the default."""
+def _add_settings_flags(parser: argparse.ArgumentParser, command: str, only: tuple[str, ...] = ()) -> None:
+    """One flag per Settings field the command uses (`only` these, when given); each names its OA_* variable,
+    which supplies the default."""
     for f in fields(Settings):
-        add_setting_flag(parser, f)
+        if f.name in only if only else command in flag_commands(f.name):
+            add_setting_flag(parser, f)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
