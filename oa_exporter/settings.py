@@ -22,7 +22,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # settings), unless it concerns only one of them. `demo`, `check` and `backtest` pick the few they take.
 WORKER_ONLY = frozenset({"worker_listen_address"})
 RUN_ONLY = frozenset({
-    "config_store", "rules", "rules_poll_interval", "web_listen_address", "web_enable_lifecycle",
+    "config_store", "config_postgres_dsn", "rules", "rules_poll_interval", "web_listen_address", "web_enable_lifecycle",
     "web_enable_rules_api", "preview_max_series", "preview_max_points", "preview_timeout", "model_engine",
     "dispatcher", "pool_workers", "dask_scheduler", "celery_inference", "shard_count", "shard_index",
     "shard_count_file", "output_mode",
