@@ -26,7 +26,7 @@ TINY_NHITS = ('{h: 12, input_size: 36, max_steps: 30, mlp_units: [[16, 16], [16,
               'windows_batch_size: 128, learning_rate: 0.005}')
 ENGINES = {  # engine, model, params (YAML), the library the engine needs
     "statsforecast-SeasonalProfile": ("statsforecast", "SeasonalProfile", "{}", "statsforecast"),
-    "mlforecast-Ridge": ("mlforecast", "Ridge", "{n_windows: 10}", "mlforecast"),
+    "mlforecast-Ridge": ("mlforecast", "Ridge", "{n_windows: 3}", "mlforecast"),
     "neuralforecast-NHITS": ("neuralforecast", "NHITS", TINY_NHITS, "neuralforecast"),
     "darts-LinearRegressionModel": ("darts", "LinearRegressionModel", "{}", "darts"),
     "sklearn-Ridge": ("sklearn", "Ridge", "{}", "sklearn"),
