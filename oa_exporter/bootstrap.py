@@ -35,6 +35,7 @@ from .core.domain import ModelSpec, Rule, RuleSet, RuleStatus, StoredRule
 from .core.errors import ConflictError, NotFound, RuleError
 from .core.ports import (
     ArtifactStore,
+    HistoryStore,
     JobDispatcher,
     JobQueue,
     ModelEngine,
@@ -161,15 +162,22 @@ def tsdb_client(settings: Settings) -> PrometheusClient:
 
 
 def history_reader(settings: Settings, tsdb: TsdbClient, clock: Callable[[], float]) -> HistoryReader | None:
-    """Each rule's training window kept between fits (beside the local models unless --history.dir says where);
-    None, every fit reading its whole window, when --history.max-bytes is 0 or models are kept in memory only."""
+    """Each rule's training window kept between fits, beside the models (local directory or S3 bucket) unless
+    --history.dir names a directory; None, every fit reading its whole window, when --history.max-bytes is 0
+    or models are kept in memory only."""
     if settings.history_max_bytes <= 0 or (settings.artifact_store == "noop" and not settings.history_dir):
         return None  # a daemon told to keep models in memory only keeps no history on disk either, unless told
-    directory = settings.history_dir or (
-        str(Path(settings.artifact_dir) / ".history") if settings.artifact_store == "local" else "./oa-history")
-    if not settings.history_dir and settings.shard_index > 0:  # shards sharing a directory keep their own history
-        directory += f"-shard-{settings.shard_index}"
-    store = LocalHistoryStore(directory, settings.history_max_bytes)
+    # shards read the same expr at different times: each keeps its own history, never writing another's blocks
+    suffix = f"-shard-{settings.shard_index}" if settings.shard_index > 0 and not settings.history_dir else ""
+    store: HistoryStore
+    if settings.artifact_store == "s3" and not settings.history_dir:  # shared by every worker fitting the rule
+        from .adapters.stores.history_s3 import S3HistoryStore
+
+        store = S3HistoryStore(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint, settings.s3_region,
+                               settings.history_max_bytes, folder=f"history{suffix}")
+    else:
+        directory = settings.history_dir or str(Path(settings.artifact_dir) / ".history") + suffix
+        store = LocalHistoryStore(directory, settings.history_max_bytes)
     return HistoryReader(tsdb, store, settings.history_overlap, clock, source=settings.prometheus_url)
 
 

@@ -141,7 +141,7 @@ class Settings:
     history_dir: str = field(default="", metadata=_opt(
         "--history.dir", "OA_HISTORY_DIR",
         "directory keeping each rule's training window between fits, so that a refit reads only what is new "
-        "(empty: .history in --artifact.dir for the local store, ./oa-history for s3, none for noop)"))
+        "(empty: beside the models: .history in --artifact.dir, or history/ under the s3 prefix; none for noop)"))
     history_max_bytes: int = field(default=16 * 2**30, metadata=_opt(
         "--history.max-bytes", "OA_HISTORY_MAX_BYTES",
         "disk budget of the history directory, every rule together (8 bytes a sample); a rule that does not fit "

@@ -4,15 +4,18 @@
                         table.json       the series (keys and labels): row i of every block
                         block-<b>.npy    rows × 256 columns: absolute grid columns 256·b ... 256·b + 255
 
-Blocks are written whole to a temporary file and renamed; meta.json is written last, so a crash leaves the
-previous state readable. A refit rewrites only the blocks its new columns fall in, and deletes those that
-left the window. The disk budget covers every rule's blocks; a write that would exceed it is refused.
+The layout sits on five blob operations (get, put, delete, list a rule's blocks, sizes of every rule's), which
+the S3 store provides over a bucket prefix. Each blob is written whole (here: a temporary file, renamed);
+meta.json is written last, so a crash leaves the previous state readable. A refit rewrites only the blocks
+its new columns fall in, and deletes those that left the window. The disk budget covers every rule's
+blocks; a write that would exceed it is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -50,73 +53,112 @@ class LocalHistoryStore:
         await asyncio.to_thread(self._drop, rule)
 
     def _path(self, rule: str) -> Path:
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", rule)[:64]
-        return self.dir / f"{safe}-{hashlib.sha256(rule.encode()).hexdigest()[:12]}"
+        return self.dir / rule_folder(rule)
 
-    def _state(self, rule: str) -> HistoryState | None:
-        path = self._path(rule)
+    # -- the blobs of a rule's folder: what a backend (this directory, an S3 prefix) provides --
+
+    def _get(self, rule: str, name: str) -> bytes | None:
         try:
-            meta = orjson.loads((path / "meta.json").read_bytes())
-            table = orjson.loads((path / "table.json").read_bytes())
+            return (self._path(rule) / name).read_bytes()
         except FileNotFoundError:
             return None
-        except (orjson.JSONDecodeError, OSError) as e:
-            raise HistoryError(f"{path}: unreadable history: {e}") from e
+
+    def _put(self, rule: str, name: str, data: bytes) -> None:
+        path = self._path(rule) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+
+    def _delete(self, rule: str, name: str) -> None:
+        (self._path(rule) / name).unlink(missing_ok=True)
+
+    def _blocks(self, rule: str) -> dict[str, int]:
+        """The rule's block names and their sizes in bytes."""
+        return {path.name: path.stat().st_size for path in self._path(rule).glob("block-*.npy")}
+
+    def _folders(self) -> dict[str, int]:
+        """Bytes of blocks of every rule folder."""
+        if not self.dir.exists():
+            return {}
+        return {d.name: sum(b.stat().st_size for b in d.glob("block-*.npy")) for d in self.dir.glob("*") if d.is_dir()}
+
+    def _drop(self, rule: str) -> None:
+        shutil.rmtree(self._path(rule), ignore_errors=True)
+        self._forget(rule)
+
+    # -- the layout, over those blobs --
+
+    def _forget(self, rule: str) -> None:
+        self._tables.pop(rule, None)
+        if self._sizes is not None:
+            self._sizes.pop(rule_folder(rule), None)
+
+    def _state(self, rule: str) -> HistoryState | None:
+        meta_bytes, table_bytes = self._get(rule, "meta.json"), self._get(rule, "table.json")
+        if meta_bytes is None or table_bytes is None:
+            return None
+        try:
+            meta, table = orjson.loads(meta_bytes), orjson.loads(table_bytes)
+        except orjson.JSONDecodeError as e:
+            raise HistoryError(f"{rule_folder(rule)}: unreadable history: {e}") from e
         keys = [key.encode() for key in table["keys"][: meta["rows"]]]
         self._tables[rule] = len(keys)
         return HistoryState(meta["fingerprint"], meta["step"], keys, table["labels"][: meta["rows"]],
                             meta["end_column"], meta["full_read_at"], meta["incomplete"])
 
     def _read(self, rule: str, out: np.ndarray, first_column: int) -> None:
-        path, end = self._path(rule), first_column + out.shape[1]
+        end = first_column + out.shape[1]
         for block in range(first_column // BLOCK, (end - 1) // BLOCK + 1):
-            try:
-                stored = np.load(path / f"block-{block}.npy", mmap_mode="r")
-            except FileNotFoundError:
+            data = self._get(rule, f"block-{block}.npy")
+            if data is None:
                 continue
+            try:
+                stored = np.load(io.BytesIO(data))
             except (ValueError, OSError) as e:
-                raise HistoryError(f"{path}: unreadable block {block}: {e}") from e
+                raise HistoryError(f"{rule_folder(rule)}: unreadable block {block}: {e}") from e
             low, high = max(block * BLOCK, first_column), min((block + 1) * BLOCK, end)
             rows, offset = min(len(stored), len(out)), block * BLOCK
             out[:rows, low - first_column : high - first_column] = stored[:rows, low - offset : high - offset]
 
     def _write(self, rule: str, state: HistoryState, values: np.ndarray, first_column: int, changed_from: int) -> None:
-        path, last = self._path(rule), first_column + values.shape[1] - 1
+        last = first_column + values.shape[1] - 1
         blocks = range(first_column // BLOCK, last // BLOCK + 1)
         self._check_budget(rule, len(values) * BLOCK * 8 * len(blocks))
-        path.mkdir(parents=True, exist_ok=True)
         for block in blocks:
             if (block + 1) * BLOCK > changed_from:
-                _save_atomically(path / f"block-{block}.npy", _block(values, first_column, block))
-        for old in path.glob("block-*.npy"):
-            if int(old.stem.split("-")[1]) < blocks.start:
-                old.unlink(missing_ok=True)
+                buffer = io.BytesIO()
+                np.save(buffer, _block(values, first_column, block))
+                self._put(rule, f"block-{block}.npy", buffer.getvalue())
+        stored = self._blocks(rule)
+        for name in list(stored):
+            if int(name.removeprefix("block-").removesuffix(".npy")) < blocks.start:
+                self._delete(rule, name)
+                stored.pop(name)
         if self._tables.get(rule) != len(state.keys) or changed_from <= first_column:
             table = {"keys": [key.decode() for key in state.keys], "labels": state.labels}
-            _write_atomically(path / "table.json", orjson.dumps(table))
+            self._put(rule, "table.json", orjson.dumps(table))
             self._tables[rule] = len(state.keys)
         meta = {"fingerprint": state.fingerprint, "step": state.step, "end_column": state.end_column,
                 "full_read_at": state.full_read_at, "incomplete": state.incomplete, "rows": len(state.keys),
                 "block": BLOCK}
-        _write_atomically(path / "meta.json", orjson.dumps(meta))
+        self._put(rule, "meta.json", orjson.dumps(meta))  # last: what it describes is in place
         assert self._sizes is not None
-        self._sizes[path.name] = sum(block.stat().st_size for block in path.glob("block-*.npy"))
+        self._sizes[rule_folder(rule)] = sum(stored.values())
 
     def _check_budget(self, rule: str, needed: int) -> None:
         if self._sizes is None:
-            self._sizes = {d.name: sum(b.stat().st_size for b in d.glob("block-*.npy"))
-                           for d in self.dir.glob("*") if d.is_dir()} if self.dir.exists() else {}
-        others = sum(size for name, size in self._sizes.items() if name != self._path(rule).name)
+            self._sizes = self._folders()
+        others = sum(size for name, size in self._sizes.items() if name != rule_folder(rule))
         if others + needed > self.max_bytes:
             raise HistoryError(f"keeping {needed} bytes of history for rule {rule} would exceed "
                                f"--history.max-bytes {self.max_bytes} ({others} bytes kept for other rules)")
 
-    def _drop(self, rule: str) -> None:
-        path = self._path(rule)
-        shutil.rmtree(path, ignore_errors=True)
-        self._tables.pop(rule, None)
-        if self._sizes is not None:
-            self._sizes.pop(path.name, None)
+
+def rule_folder(rule: str) -> str:
+    """A rule's folder name: readable, and unique however the rule is named."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", rule)[:64]
+    return f"{safe}-{hashlib.sha256(rule.encode()).hexdigest()[:12]}"
 
 
 def _block(values: np.ndarray, first_column: int, block: int) -> np.ndarray:
@@ -124,16 +166,3 @@ def _block(values: np.ndarray, first_column: int, block: int) -> np.ndarray:
     low, high = max(block * BLOCK, first_column), min((block + 1) * BLOCK, first_column + values.shape[1])
     out[:, low - block * BLOCK : high - block * BLOCK] = values[:, low - first_column : high - first_column]
     return out
-
-
-def _save_atomically(path: Path, array: np.ndarray) -> None:
-    temporary = path.with_suffix(".tmp")
-    with open(temporary, "wb") as file:
-        np.save(file, array)
-    os.replace(temporary, path)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)

@@ -99,6 +99,7 @@ class Trainer:
         weights unchanged, excursions in progress held back as in `train`. Not stored (the next fit is); band
         jobs then run here, as it has no artifact."""
         history = select_history(await self._history(rule, now), self.shard)
+        await self._stored(rule, ongoing)
         with self._held_back(rule, history, ongoing, now):
             fresh = history.select(np.flatnonzero(history_span(history) >= rule.min_history))  # a copy
         engine = self.engines[rule.model.engine]
@@ -141,6 +142,7 @@ class Trainer:
         # every series ready (the usual case): fit the query result itself, not a copy of it (1.5 GB at 50k series)
         selected = history if len(eligible) == len(history.keys) else history.select(eligible)
         engine = self.engines[rule.model.engine]
+        await self._stored(rule, ongoing)
         started = time.perf_counter()
         try:
             with self._held_back(rule, selected, ongoing, now):
@@ -185,6 +187,12 @@ class Trainer:
         return history
 
     @contextmanager
+    async def _stored(self, rule: Rule, ongoing: Mapping[SeriesKey, Ongoing] | None) -> None:
+        """Wait for the history store's write of the window before samples are held back in it (in place);
+        otherwise the write runs beside the fit."""
+        if ongoing and self.history is not None:
+            await self.history.settle(rule.name)
+
     def _held_back(self, rule: Rule, history: SeriesMatrix, ongoing: Mapping[SeriesKey, Ongoing] | None,
                    now: float) -> Iterator[None]:
         """Within the block, the samples of the excursions in progress younger than new_normal_after are missing."""
