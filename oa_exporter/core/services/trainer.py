@@ -186,13 +186,13 @@ class Trainer:
             )
         return history
 
-    @contextmanager
     async def _stored(self, rule: Rule, ongoing: Mapping[SeriesKey, Ongoing] | None) -> None:
         """Wait for the history store's write of the window before samples are held back in it (in place);
         otherwise the write runs beside the fit."""
         if ongoing and self.history is not None:
             await self.history.settle(rule.name)
 
+    @contextmanager
     def _held_back(self, rule: Rule, history: SeriesMatrix, ongoing: Mapping[SeriesKey, Ongoing] | None,
                    now: float) -> Iterator[None]:
         """Within the block, the samples of the excursions in progress younger than new_normal_after are missing."""
