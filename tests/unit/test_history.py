@@ -3,6 +3,7 @@ and the same scores; a refit reads only what is new; restarts resume; changes an
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
 
@@ -159,3 +160,23 @@ async def test_a_rule_over_the_disk_budget_reads_its_whole_window_and_says_so_on
             assert counting.samples == history.values.size == 3 * 4320
     assert len([r for r in caplog.records if "history store write failed" in r.getMessage()]) == 1
     assert not list(tmp_path.glob("*/block-*.npy"))
+
+
+async def test_samples_held_back_from_a_fit_stay_in_the_stored_history(tmp_path):
+    from oa_exporter.core.excursions import Ongoing
+
+    class Elsewhere(InlineDispatcher):  # like the process pool: the event loop runs on while the fit does
+        async def run(self, fn, *args, gpu=False):
+            await asyncio.sleep(0.2)
+            return await asyncio.to_thread(fn, *args)
+
+    tsdb = FakeTsdb({"load": seasonal_series("load", 5, T0 - 4 * DAY, T0 + DAY, STEP)})
+    clock, engines = FakeClock(T0), engine_registry()
+    reader = HistoryReader(tsdb, LocalHistoryStore(tmp_path, 2**30), 120.0, clock)
+    trainer = Trainer(tsdb, engines, NoopArtifactStore(), Elsewhere(), NullTelemetry(), clock, history=reader)
+    first = (await tsdb.query_range("load", *window(T0), STEP)).keys[0]
+    await trainer.train(RULE, T0, {first: Ongoing(after=T0 - 3600, since=T0 - 3500)})  # its last hour held back
+    clock.now = T0 + 120
+    kept = by_key(await reader.read(RULE, *window(clock.now)))
+    full = by_key(await tsdb.query_range("load", *window(clock.now), STEP))
+    np.testing.assert_array_equal(kept[first], full[first])  # nothing of the held-back hour was lost
