@@ -201,8 +201,10 @@ async def test_nhits_fits_through_the_local_pool():
     history = SeriesMatrix([b"a", b"b", b"c"], [{"i": "a"}, {"i": "b"}, {"i": "c"}], 1.7e9, 60.0, values)
     pool = LocalPoolDispatcher(workers=1, timeout=280)
     try:
+        # the default 200 steps, training bounded to 5 s by max_time (the default bound is 2 minutes)
         fitted = await pool.run(NeuralForecastEngine().fit, history, ModelSpec("neuralforecast", "NHITS",
-                                                                                {"max_steps": 5}), 99.0, gpu=True)
+                                                                                {"max_time": "00:00:00:05"}), 99.0,
+                                gpu=True)
     finally:
         await pool.close()
     assert fitted.ok.all()

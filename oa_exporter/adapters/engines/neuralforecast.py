@@ -26,8 +26,12 @@ from ...core.domain import Bands, Capabilities, Fitted, Model, ModelSpec, Series
 from . import _batch
 
 DEFAULT_MODEL = "NHITS"
-DEFAULTS: dict[str, Any] = {"h": 12, "input_size": 48, "max_steps": 200, "scaler_type": "robust", "random_seed": 0}
-TRAINER_KEYS = {"accelerator", "devices", "precision", "gradient_clip_val", "deterministic"}
+# Training stops after max_steps or max_time (PyTorch Lightning's DD:HH:MM:SS), whichever comes first: about
+# 40 s for 200 steps on an idle 2-core machine, and never more than 2 minutes of training on a busy one, so a
+# rule's first scores come within a few minutes (the library's import and the forecast come on top).
+DEFAULTS: dict[str, Any] = {"h": 12, "input_size": 48, "max_steps": 200, "max_time": "00:00:02:00",
+                            "scaler_type": "robust", "random_seed": 0}
+TRAINER_KEYS = {"accelerator", "devices", "precision", "gradient_clip_val", "deterministic", "max_time"}
 QUIET = {"enable_progress_bar": False, "logger": False, "enable_model_summary": False, "enable_checkpointing": False}
 SET_BY_ENGINE = {"loss", "valid_loss", "alias", *QUIET}
 
