@@ -285,7 +285,7 @@ def _resolution(values: np.ndarray) -> np.ndarray:
     """Per series, the smallest step between consecutive distinct values (0 for a constant series)."""
     with np.errstate(invalid="ignore"):
         steps = np.abs(np.diff(values, axis=1))
-        smallest = np.min(np.where(steps > 0, steps, np.inf), axis=1)
+        smallest = np.min(np.where(steps > 0, steps, np.inf), axis=1, initial=np.inf)  # one sample: no step
     return np.where(np.isfinite(smallest), smallest, 0.0)
 
 

@@ -70,6 +70,11 @@ def test_a_sparse_counter_does_not_page_on_its_noise_and_a_burst_pages_once():
     assert loud[:, burst - first : burst - first + 6].any(axis=1).all() and np.all(onsets == 1)
 
 
+def test_a_window_of_one_sample_fits_without_a_resolution():
+    model = seasonal.fit(np.array([[5.0], [np.nan]]), START, STEP, PARAMS)
+    assert model.resolution is not None and model.resolution.tolist() == [0.0, 0.0]
+
+
 def test_a_random_walk_gets_the_drift_following_baseline_and_a_daily_cycle_keeps_its_profile():
     rng = np.random.default_rng(4)
     times, cycles, _ = metrics(3, 28, seed=13)
