@@ -36,6 +36,18 @@ async def test_the_models_of_a_removed_rule_are_deleted_after_the_grace_period(s
     assert any("deleted the stored models of 1 removed rules (errors)" in r.getMessage() for r in caplog.records)
 
 
+async def test_the_history_of_a_removed_rule_goes_with_its_models(start_daemon, tmp_path):
+    daemon = await start_daemon(RULES, tsdb(), history_dir=str(tmp_path / "history"), history_max_bytes=2**30)
+    await daemon.trained()
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "history").iterdir()) == ["errors", "requests"]
+    write_rules(tmp_path / "rules.yaml", RULES.split("      - {anomaly: errors")[0])
+    assert await daemon.load()
+    await daemon.trained(END + 3 * DAY)
+    assert len(list((tmp_path / "history").iterdir())) == 2  # within the grace period: kept
+    await daemon.trained(END + REMOVED_RULE_GRACE + DAY)
+    assert [p.name.split("-")[0] for p in (tmp_path / "history").iterdir()] == ["requests"]
+
+
 async def test_a_rule_put_back_within_the_grace_period_keeps_its_model(start_daemon, tmp_path):
     daemon = await start_daemon(RULES, tsdb())
     await daemon.trained()

@@ -127,6 +127,9 @@ class Trainer:
                 await self.store.delete(info.id)
             except (ArtifactError, OSError) as e:
                 self._failed(info.rule, "delete", e)
+        if self.history is not None:  # their history too: it no longer counts against --history.max-bytes
+            for rule in sorted(removed):
+                await self.history.forget(rule)
         if removed:
             log.info("deleted the stored models of %d removed rules (%s): none was trained in the last %s",
                      len(removed), ", ".join(sorted(removed)), format_duration(REMOVED_RULE_GRACE))
