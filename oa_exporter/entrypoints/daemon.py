@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from ..adapters.sinks.exposition import CONTENT_TYPE
 from ..bootstrap import App, bootstrap
@@ -112,10 +113,22 @@ class WebServer:
         await self.runner.cleanup()
 
 
+class _NoTracebacksForBadRequests(logging.Filter):
+    """aiohttp answers a malformed request 400 and logs its traceback at error level: a client's garbage is
+    not the daemon's error, and a storm of it would flood the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], BadHttpMessage))
+
+
+_QUIET = _NoTracebacksForBadRequests()
+
+
 async def _start_web(app: App, address: str, enable_lifecycle: bool = False,
                      guard: WebGuard | None = None) -> WebServer:
     host, port = listen_address(address)
     guard = guard or WebGuard("")
+    logging.getLogger("aiohttp.server").addFilter(_QUIET)  # once: filters are a set
 
     async def reload() -> bool:
         """Reload the web config file (a bad one keeps the current settings) and the rules."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import logging
 import os
 import resource
 import socket
@@ -206,3 +207,11 @@ async def test_fuzzed_requests_never_crash_the_front(server, monkeypatch):
     assert sent["parsed"] >= HTTP_FUZZ_EXAMPLES and sent["sockets"] >= HTTP_FUZZ_EXAMPLES // SOCKET_FUZZ_EVERY
     assert PAGE_TEXT in await asyncio.to_thread(scrape, port)
     assert await settled(threads, fds) <= (threads, fds)
+
+
+async def test_garbage_handed_to_aiohttp_writes_no_traceback(server, caplog):
+    for garbage in (b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n",
+                    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"):
+        answer = await asyncio.to_thread(exchange, server.front.port, garbage)
+        assert answer.startswith(b"HTTP/1.") and b" 400 " in answer[:20]
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -243,3 +243,29 @@ async def test_a_workers_metrics_port_takes_the_same_web_config(pki, tmp_path):
         assert anonymous[1] == "401" and plain[1] != "200"
     finally:
         await runner.cleanup()
+
+
+async def test_a_workers_port_serves_a_rotated_certificate_too(tmp_path):
+    from oa_exporter.entrypoints.worker import _serve_metrics
+    from tests.servers import free_port
+
+    first, live = make_pki(tmp_path / "first"), make_pki(tmp_path / "live")
+    for name in ("server.crt", "server.key"):
+        shutil.copy(first.server_cert.parent / name, live.server_cert.parent / name)
+    port = free_port()
+    runner = await _serve_metrics(SimpleNamespace(render=lambda: b"x 1\n"), f"127.0.0.1:{port}",
+                                  str(web_config(tmp_path / "web.yml", live)))
+    try:
+        before = await asyncio.to_thread(server_certificate, port, first.ca)
+        second = make_pki(tmp_path / "second")
+        for name in ("server.key", "server.crt"):
+            shutil.copy(second.server_cert.parent / name, live.server_cert.parent / name)
+        for _ in range(100):
+            try:
+                after = await asyncio.to_thread(server_certificate, port, second.ca)
+                break
+            except ssl.SSLError:
+                await asyncio.sleep(0.1)
+        assert after != before
+    finally:
+        await runner.cleanup()
