@@ -86,6 +86,12 @@ async def run_daemon_writing(prometheus, tmp: Path, port: int, destinations: tup
     return f"http://127.0.0.1:{port}", stop, asyncio.create_task(serve(settings, stop=stop))
 
 
+def scrapes(prometheus: PrometheusServer) -> int:
+    """Successful scrapes of the daemon in the last minute."""
+    found = prometheus.query('sum_over_time(up{job="oa-exporter"}[1m])')["result"]
+    return int(float(found[0]["value"][1])) if found else 0
+
+
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory):
     """A Prometheus that has the synthetic history and scrapes a running daemon every second; the daemon also
@@ -104,7 +110,10 @@ def scraped(tmp_path_factory):
             base, stop, task = await run_daemon_writing(prometheus, tmp, port, destinations)
             try:
                 await wait_for_scores(f"{base}/metrics", "requests")
-                await asyncio.sleep(12)  # a dozen scrapes: enough samples for rate() over 1m
+                deadline = time.monotonic() + 180  # a dozen scrapes: enough samples for rate() over 1m
+                while await asyncio.to_thread(scrapes, prometheus) < 12:
+                    assert time.monotonic() < deadline, "Prometheus did not scrape the daemon a dozen times"
+                    await asyncio.sleep(0.5)
             finally:
                 stop.set()
                 assert await task == 0
