@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytest.importorskip("distributed", reason="needs the dask extra: pip install 'oa-exporter[dask]'")
+
 from oa_exporter.adapters.dispatch.dask import DaskDispatcher
 from oa_exporter.adapters.stores.local import LocalArtifactStore
 from oa_exporter.adapters.telemetry.prometheus_client import PrometheusTelemetry
