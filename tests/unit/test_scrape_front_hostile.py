@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import http.client
 import logging
 import os
@@ -107,9 +108,21 @@ async def test_500_trickling_connections_do_not_stop_scrapes_and_leave_nothing_b
 
 async def test_the_acceptor_survives_running_out_of_descriptors(server, caplog):
     port = server.front.port
+    for _ in range(3):  # a descriptor freed elsewhere in the process (a collected socket) lets one accept through
+        out = await _connect_while_out_of_descriptors(port, caplog)
+        assert out.startswith(b"HTTP/1.1 200")
+        if "cannot accept connections" in caplog.text:
+            break
+    assert "cannot accept connections" in caplog.text
+    assert PAGE_TEXT in await asyncio.to_thread(scrape, port)
+
+
+async def _connect_while_out_of_descriptors(port: int, caplog) -> bytes:
+    """What a client that connects while this process has no descriptor left gets once they are back."""
     client = subprocess.Popen([sys.executable, "-c", CLIENT, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert client.stdout is not None and client.stdin is not None
     assert await asyncio.to_thread(client.stdout.readline) == b"ready\n"
+    gc.collect()  # close unreferenced sockets now, not while the table is full
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     filler = []
     resource.setrlimit(resource.RLIMIT_NOFILE, (descriptors() + 16, hard))
@@ -129,9 +142,7 @@ async def test_the_acceptor_survives_running_out_of_descriptors(server, caplog):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     out = await asyncio.to_thread(client.stdout.read)
     client.wait(timeout=30)
-    assert out.startswith(b"HTTP/1.1 200")
-    assert "cannot accept connections" in caplog.text
-    assert PAGE_TEXT in await asyncio.to_thread(scrape, port)
+    return out
 
 
 CLIENT = """
