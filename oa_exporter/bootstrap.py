@@ -318,8 +318,11 @@ class App:
         stop = (self.watch or _unwatched)(lambda: loop.call_soon_threadsafe(poked.set))
         try:
             while True:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that meets
+                # a finished wait, and this loop would then never stop
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(poked.wait(), poll_interval)
+                    async with asyncio.timeout(poll_interval):
+                        await poked.wait()
                     await asyncio.sleep(0.2)  # let an editor or a ConfigMap swap finish writing
                 poked.clear()
                 try:

@@ -192,3 +192,19 @@ async def test_a_cross_site_browser_request_cannot_reload():
         no_origin = await client.post("/-/reload")
     assert (refused.status, opaque.status, same_site.status, no_origin.status) == (403, 403, 200, 200)
     assert len(reloads) == 2
+
+
+async def test_the_watcher_stops_when_cancelled_as_a_change_arrives(tmp_path):
+    daemon = Daemon(rules_file(tmp_path, GOOD), FakeTsdb({}), tmp_path / "models")
+    assert await daemon.load()
+    pokes = []
+    daemon.app.watch = lambda on_change: pokes.append(on_change) or (lambda: None)
+    for _ in range(20):
+        watching = asyncio.create_task(daemon.app.watch_rules(60.0))
+        await asyncio.sleep(0.01)  # waiting for a change
+        pokes[-1]()  # a file event ...
+        await asyncio.sleep(0)  # ... whose wake-up is handled while the stop comes in
+        watching.cancel()
+        done, _ = await asyncio.wait([watching], timeout=5)
+        assert done, "the watcher went on after it was cancelled"
+    await daemon.app.close()
