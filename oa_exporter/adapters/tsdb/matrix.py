@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
@@ -82,14 +83,19 @@ def _fast_chunk(body: bytes) -> Chunk | None:
     return chunk
 
 
-def _parsed_chunk(body: bytes) -> Chunk:
+def api_data(body: bytes) -> dict[str, Any]:
+    """The `data` of a successful API response; QueryError for anything else."""
     try:
         decoded = orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise QueryError(f"the TSDB answered with invalid JSON: {e}") from e
     if not isinstance(decoded, dict) or decoded.get("status") != "success":
         raise QueryError(f"the TSDB answered with an error: {str(decoded)[:200]}")
-    data = decoded["data"]
+    return decoded["data"]
+
+
+def _parsed_chunk(body: bytes) -> Chunk:
+    data = api_data(body)
     if data["resultType"] != "matrix":
         raise QueryError(f"expected a range vector (matrix), got {data['resultType']}")
     chunk: Chunk = []

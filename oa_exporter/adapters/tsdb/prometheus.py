@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, overload
+from typing import overload
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
@@ -32,7 +32,7 @@ import orjson
 from ...core.domain import InstantVector, SeriesMatrix
 from ...core.errors import QueryError, TsdbError
 from ...core.throttle import Throttled
-from .matrix import METRIC, Grid, MatrixBuilder, parse_chunk, series_key, split
+from .matrix import METRIC, Grid, MatrixBuilder, api_data, parse_chunk, series_key, split
 from .series_split import Piece, groups, splittable
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ class PrometheusClient:
     async def _list_series(self, expr: str, start: float, end: float) -> list[dict[str, str]]:
         """The label sets of a selector's series over a time range: the index only, no samples."""
         body = await self._call("series", {"match[]": expr, "start": _fmt(start), "end": _fmt(end)})
-        result = await asyncio.to_thread(_data, body)
+        result = await asyncio.to_thread(api_data, body)
         return result if isinstance(result, list) else []
 
     async def _read_all(self, expr: str, builder: MatrixBuilder, pending: deque[Piece]) -> None:
@@ -380,17 +380,6 @@ def unreadable(body: bytes, error: Exception) -> QueryError:
                       f"{type(error).__name__}: {str(error)[:200]})")
 
 
-def _data(body: bytes) -> dict[str, Any]:
-    """The `data` of a successful API response; QueryError for anything else."""
-    try:
-        decoded = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise QueryError(f"the TSDB answered with invalid JSON: {e}") from e
-    if not isinstance(decoded, dict) or decoded.get("status") != "success":
-        raise QueryError(f"the TSDB answered with an error: {str(decoded)[:200]}")
-    return decoded["data"]
-
-
 def _instant_vector(body: bytes, at: float) -> InstantVector:
     """Parse an instant-query response; QueryError for any body that is not one (truncated, wrongly typed...)."""
     try:
@@ -432,7 +421,7 @@ VALUE = b',"value":['
 
 
 def _parsed_vector(body: bytes, at: float) -> InstantVector:
-    data = _data(body)
+    data = api_data(body)
     if data["resultType"] == "scalar":
         return _scalar_vector(data["result"], at)
     if data["resultType"] != "vector":
