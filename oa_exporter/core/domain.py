@@ -110,6 +110,8 @@ class HistoryState:
     end_column: int  # the newest column stored
     full_read_at: float  # when the whole window was last read from the TSDB
     incomplete: bool = False  # series appeared whose older history may be missing: read all again when allowed
+    generation: str = ""  # the store's write this state was read from ("": none, e.g. a fresh full read)
+    start_column: int | None = None  # the oldest column stored (None: end_column's window, as the reader's)
 
 
 @dataclass(frozen=True)

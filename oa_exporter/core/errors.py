@@ -88,6 +88,10 @@ class HistoryError(OAError):
     """The history store could not read or keep a rule's history (full: over its disk budget; I/O)."""
 
 
+class HistoryChanged(HistoryError):
+    """Another process rewrote the rule's history while it was being read: read its state again."""
+
+
 class SinkError(OAError):
     """A result sink could not be set up, e.g. its remote-write queue is held by another process."""
 

@@ -39,13 +39,19 @@ async def test_the_models_of_a_removed_rule_are_deleted_after_the_grace_period(s
 async def test_the_history_of_a_removed_rule_goes_with_its_models(start_daemon, tmp_path):
     daemon = await start_daemon(RULES, tsdb(), history_dir=str(tmp_path / "history"), history_max_bytes=2**30)
     await daemon.trained()
-    assert sorted(p.name.split("-")[0] for p in (tmp_path / "history").iterdir()) == ["errors", "requests"]
+    assert kept_histories(tmp_path / "history") == ["errors", "requests"]
     write_rules(tmp_path / "rules.yaml", RULES.split("      - {anomaly: errors")[0])
     assert await daemon.load()
     await daemon.trained(END + 3 * DAY)
-    assert len(list((tmp_path / "history").iterdir())) == 2  # within the grace period: kept
+    assert kept_histories(tmp_path / "history") == ["errors", "requests"]  # within the grace period: kept
     await daemon.trained(END + REMOVED_RULE_GRACE + DAY)
-    assert [p.name.split("-")[0] for p in (tmp_path / "history").iterdir()] == ["requests"]
+    assert kept_histories(tmp_path / "history") == ["requests"]
+    assert not list((tmp_path / "history").glob("errors-*"))  # its lock file went too
+
+
+def kept_histories(directory) -> list[str]:
+    """The rules with a history folder (beside each, its lock file)."""
+    return sorted(p.name.split("-")[0] for p in directory.iterdir() if p.is_dir())
 
 
 async def test_a_rule_put_back_within_the_grace_period_keeps_its_model(start_daemon, tmp_path):

@@ -24,11 +24,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..domain import HistoryState, Rule, SeriesMatrix
-from ..errors import HistoryError
+from ..domain import HistoryState, Rule, SeriesKey, SeriesMatrix
+from ..errors import HistoryChanged, HistoryError
 from ..ports import HistoryStore, TsdbClient
 
 log = logging.getLogger(__name__)
+
+ATTEMPTS = 3  # reads of the store's state when another process keeps rewriting it, before a full read
 
 
 def history_fingerprint(rule: Rule, source: str = "") -> str:
@@ -56,11 +58,17 @@ class HistoryReader:
         """Every series of rule.expr on the grid start, start+step, ..., end, as one range read returns it."""
         async with self._locks.setdefault(rule.name, asyncio.Lock()):
             await self.settle(rule.name)
-            state = await self._state(rule)
             first, last = round(start / rule.step), round(end / rule.step)
-            if state is None or state.end_column < first or (state.incomplete and self._may_reread(rule, state)):
-                return await self._full(rule, start, end)
-            return await self._incremental(rule, state, first, last)
+            for _ in range(ATTEMPTS):
+                try:
+                    state = await self._state(rule)
+                    if state is None or state.end_column < first or (state.incomplete and
+                                                                      self._may_reread(rule, state)):
+                        break
+                    return await self._incremental(rule, state, first, last)
+                except HistoryChanged as e:  # another daemon or worker sharing the store wrote the rule meanwhile
+                    log.info("rule %s: %s: reading its stored history again", rule.name, e)
+            return await self._full(rule, start, end)
 
     async def settle(self, rule: str | None = None) -> None:
         """Wait for the store writes still running (of one rule, or all): the fit does not wait for them."""
@@ -80,6 +88,8 @@ class HistoryReader:
     async def _state(self, rule: Rule) -> HistoryState | None:
         try:
             state = await self.store.state(rule.name)
+        except HistoryChanged:
+            raise
         except (HistoryError, OSError) as e:
             self._failed(rule, "read", e)
             return None
@@ -96,35 +106,46 @@ class HistoryReader:
         history = await self.tsdb.query_range(rule.expr, start, end, rule.step)
         first = round(start / rule.step)
         state = HistoryState(history_fingerprint(rule, self.source), rule.step, list(history.keys),
-                             list(history.labels), first + history.values.shape[1] - 1, self.clock())
+                             list(history.labels), first + history.values.shape[1] - 1, self.clock(),
+                             start_column=first)
         await self._write(rule, state, history.values, first, first)
         return history
 
     async def _incremental(self, rule: Rule, state: HistoryState, first: int, last: int) -> SeriesMatrix:
         step, points = rule.step, last - first + 1
         reread = max(first, min(state.end_column, last) + 1 - max(1, math.ceil(self.overlap / step)))
+        stored = state.end_column - (last - first) if state.start_column is None else state.start_column
+        kept_from = max(first, stored)
+        if kept_from >= reread:  # another process stored a window far ahead of this one: none of it is of use
+            return await self._full(rule, first * step, last * step)
         delta = await self.tsdb.query_range(rule.expr, reread * step, last * step, step)
-        index = {key: row for row, key in enumerate(state.keys)}
-        new = [row for row, key in enumerate(delta.keys) if key not in index]
-        keys = state.keys + [delta.keys[row] for row in new]
-        labels = state.labels + [delta.labels[row] for row in new]
-        values = np.full((len(keys), points), np.nan)
+        # another process's window may start after this one's (its clock ahead): read the columns before it too
+        head = (await self.tsdb.query_range(rule.expr, first * step, (kept_from - 1) * step, step)
+                if kept_from > first else None)
+        keys, labels = list(state.keys), list(state.labels)
+        index = {key: row for row, key in enumerate(keys)}
+        rows, new = _rows(delta, index, keys, labels)
+        values = np.full((len(keys) + (0 if head is None else len(head.keys)), points), np.nan)
         try:
-            await self.store.read(rule.name, state, values[: len(state.keys), : reread - first], first)
+            await self.store.read(rule.name, state, values[: len(state.keys), kept_from - first : reread - first],
+                                  kept_from)
+        except HistoryChanged:
+            raise
         except (HistoryError, OSError) as e:
             self._failed(rule, "read", e)
             return await self._full(rule, first * step, last * step)
-        rows = np.array([index.get(key, -1) for key in delta.keys], dtype=np.int64)
-        rows[new] = len(state.keys) + np.arange(len(new))
         values[rows, reread - first :] = delta.values
+        if head is not None:
+            values[_rows(head, index, keys, labels)[0], : kept_from - first] = head.values
+            values = values[: len(keys)]
         if new and reread > first and not np.isnan(delta.values[new, 0]).all():  # older history may be missing
             if self._may_reread(rule, state):
                 log.info("rule %s: series appeared that may have older history: reading its whole window again",
                          rule.name)
                 return await self._full(rule, first * step, last * step)
             state = replace(state, incomplete=True)
-        return await self._keep(rule, replace(state, keys=keys, labels=labels, end_column=last), values, first,
-                                reread)
+        return await self._keep(rule, replace(state, keys=keys, labels=labels, end_column=last, start_column=first),
+                                values, first, reread if head is None else first)
 
     async def _keep(self, rule: Rule, state: HistoryState, values: np.ndarray, first: int,
                     changed_from: int) -> SeriesMatrix:
@@ -158,3 +179,14 @@ class HistoryReader:
         log.log(level, "rule %s: history store %s failed, reading the whole window from the TSDB: %s",
                 rule.name, operation, e)
         self._failing.add(rule.name)
+
+
+def _rows(matrix: SeriesMatrix, index: dict[SeriesKey, int], keys: list[SeriesKey],
+          labels: list[dict[str, str]]) -> tuple[np.ndarray, list[int]]:
+    """The row of each of the matrix's series, appending those not yet known; and which of its rows were new."""
+    new = [row for row, key in enumerate(matrix.keys) if key not in index]
+    for row in new:
+        index[matrix.keys[row]] = len(keys)
+        keys.append(matrix.keys[row])
+        labels.append(matrix.labels[row])
+    return np.array([index[key] for key in matrix.keys], dtype=np.int64), new
