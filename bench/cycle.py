@@ -183,7 +183,7 @@ async def measure(app, group, url, port, n, repeat, scrape_seconds, now) -> dict
 
 async def scrapes_over_tls(app, group, now: float, seconds: float) -> tuple[list[float], list[float]]:
     """The scrapers of (c) over HTTPS (--web.config.file with a certificate made here), with and without cycles."""
-    from oa_exporter.entrypoints.web_config import WebGuard
+    from oa_exporter.entrypoints.web_guard import WebGuard
     from tests.certs import make_pki, web_config
 
     with tempfile.TemporaryDirectory() as tmp:

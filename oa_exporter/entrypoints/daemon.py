@@ -24,7 +24,8 @@ from ..bootstrap import App, bootstrap
 from ..settings import Settings
 from .scrape_front import HEADER_TIMEOUT, IDLE_TIMEOUT, ScrapeFront
 from .web import make_app
-from .web_config import WebConfigError, WebGuard
+from .web_config import WebConfigError
+from .web_guard import WebGuard
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ async def serve(settings: Settings, app: App | None = None, stop: asyncio.Event 
         await app.close()
         return 1
     try:
-        guard = WebGuard(settings.web_config_file)
+        guard = WebGuard(settings.web_config_file, app.telemetry.web_config.loaded)
     except WebConfigError as e:
         log.error("not started: %s", e)
         await app.close()
@@ -131,12 +132,14 @@ async def _start_web(app: App, address: str, enable_lifecycle: bool = False,
     logging.getLogger("aiohttp.server").addFilter(_QUIET)  # once: filters are a set
 
     async def reload() -> bool:
-        """Reload the web config file (a bad one keeps the current settings) and the rules."""
+        """Reload the web config file and the rules, each keeping what is in force when it is bad; True when
+        both loaded."""
         try:
-            guard.reload()
+            await asyncio.to_thread(guard.reload)
         except WebConfigError as e:
             log.error("web config not reloaded, the previous settings stay in force: %s", e)
-            app.reload_problems = [str(e)]
+            await app.load_rules()  # the rules reload all the same
+            app.reload_problems = [str(e), *app.reload_problems]
             return False
         return bool(await app.load_rules())
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 
-from .web_config import WebSecurity
+from .web_guard import WebSecurity
 
 log = logging.getLogger(__name__)
 
@@ -286,11 +286,12 @@ class ScrapeFront:
             except Malformed as e:
                 _refuse(connection, e)
                 return False
-            if scrape is None or not _authorized(scrape, security):
+            now = self._security()  # users and headers as the web config file says now; TLS as at accept
+            if scrape is None or not _authorized(scrape, now):
                 self._give_away(connection, security)
                 return True
             connection.recv(scrape.head_length, socket.MSG_WAITALL)  # consume exactly the peeked request
-            self._send_page(connection, scrape, security)
+            self._send_page(connection, scrape, now)
             if not scrape.keep_alive:
                 return False
 
@@ -308,11 +309,12 @@ class ScrapeFront:
                 except Malformed as e:
                     _refuse(tls, e)
                     return
-                if scrape is None or not _authorized(scrape, security):
+                now = self._security()
+                if scrape is None or not _authorized(scrape, now):
                     _relay(tls, buffered, self._hand_over)
                     return
                 buffered = buffered[scrape.head_length:]
-                self._send_page(tls, scrape, security)
+                self._send_page(tls, scrape, now)
                 if not scrape.keep_alive:
                     return
 

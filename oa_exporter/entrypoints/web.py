@@ -13,7 +13,8 @@ from aiohttp import web
 from ..adapters.sinks.exposition import CONTENT_TYPE, ExpositionPage
 from ..core.domain import RuleStatus
 from .scrape_front import accepts_gzip
-from .web_config import REALM, WebSecurity
+from .web_config import REALM
+from .web_guard import WebSecurity
 
 USER = web.RequestKey("user", str)  # request[USER]: who passed basic auth ("" when auth is off)
 

@@ -14,8 +14,8 @@ exporter-toolkit (the file node_exporter, blackbox_exporter and Prometheus read)
     basic_auth_users:
       alice: $2y$10$...                               # bcrypt hash (htpasswd -nBC 10 alice)
 
-Certificates are re-read when their files change (cert-manager rotates them); the file itself is read at start
-and at every reload.
+Certificates are re-read when their files change (cert-manager rotates them); the file itself is re-read when it
+changes and at every reload (web_guard.py).
 """
 
 from __future__ import annotations
@@ -316,56 +316,18 @@ class TlsContext:
                         pass  # keep serving with the old certificate until the new files are whole
         return self._context
 
-    def rotating(self) -> ssl.SSLContext:
-        """A context for servers that take one context (aiohttp's sites): each handshake switches to the
-        current one, so rotated certificates are served there too."""
-        context = self.tls.context()
-
-        def switch(connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext) -> None:
-            connection.context = self.current()
-
-        context.sni_callback = switch
-        return context
-
     def _stamps(self) -> tuple:
-        stamps: list[tuple[int, int, int] | None] = []
-        for path in self.tls.files():
-            try:
-                st = os.stat(path)
-                stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
-            except OSError:
-                stamps.append(None)
-        return tuple(stamps)
+        return file_stamps(self.tls.files())
 
 
-@dataclass
-class WebSecurity:
-    """What the port enforces now: swapped whole when the web config file is re-read."""
-
-    config: WebConfig = field(default_factory=WebConfig)
-    auth: BasicAuth = field(default_factory=lambda: BasicAuth({}))
-    tls: TlsContext | None = None
-
-    @classmethod
-    def from_config(cls, config: WebConfig) -> WebSecurity:
-        return cls(config, BasicAuth(config.users), TlsContext(config.tls) if config.tls else None)
-
-    @property
-    def extra_headers(self) -> tuple[tuple[str, str], ...]:
-        return self.config.headers
-
-
-class WebGuard:
-    """The web config file's current WebSecurity; `reload()` re-reads it, keeping the old one if it is bad."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.security = WebSecurity.from_config(load_web_config(path))
-
-    def __call__(self) -> WebSecurity:
-        return self.security
-
-    def reload(self) -> None:
-        """Re-read the file; WebConfigError (the old settings stay) when it is invalid."""
-        if self.path:
-            self.security = WebSecurity.from_config(load_web_config(self.path))
+def file_stamps(paths: tuple[Path, ...]) -> tuple:
+    """What tells that files changed: modification time, size and inode of each (None: missing), symlinks
+    followed (a Kubernetes Secret or ConfigMap swaps a link to a new directory)."""
+    stamps: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            stamps.append(None)
+    return tuple(stamps)

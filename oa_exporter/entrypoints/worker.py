@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ..settings import Settings
@@ -43,7 +43,8 @@ def run_worker(settings: Settings, queue: str, concurrency: int) -> int:
     options = celery_options(settings)
     loop, metrics = LoopThread(), WorkerMetrics()
     services = loop.run(_build(settings, concurrency))
-    web_runner = loop.run(_serve_metrics(metrics, settings.worker_listen_address, settings.web_config_file))
+    web_runner = loop.run(_serve_metrics(metrics, settings.worker_listen_address, settings.web_config_file,
+                                         metrics.web_config.loaded))
     app = celery_app(options)
     register_jobs(app, options, services.worker, loop.run, metrics)
     log.info("worker consuming the %s queue with %d job slots (broker %s)", queue, concurrency,
@@ -58,9 +59,11 @@ def run_worker(settings: Settings, queue: str, concurrency: int) -> int:
     return 0
 
 
-async def _serve_metrics(metrics: Any, address: str, web_config_file: str = "") -> Any:
+async def _serve_metrics(metrics: Any, address: str, web_config_file: str = "",
+                         on_web_config: Callable[[bool, float], None] | None = None) -> Any:
     """The worker's /metrics (its jobs) and /-/healthy, on its event loop, behind the same web config file as
-    the daemon's port (TLS, basic auth, headers); None when no address is set."""
+    the daemon's port (TLS, basic auth, headers), re-read when it changes (`on_web_config` hears of each
+    read); None when no address is set."""
     if not address:
         return None
     from aiohttp import web
@@ -68,9 +71,9 @@ async def _serve_metrics(metrics: Any, address: str, web_config_file: str = "") 
     from ..adapters.sinks.exposition import CONTENT_TYPE
     from .daemon import listen_address
     from .web import basic_auth, extra_headers
-    from .web_config import WebGuard
+    from .web_guard import WebGuard, rotating_context
 
-    guard = WebGuard(web_config_file)
+    guard = WebGuard(web_config_file, on_web_config)
 
     async def page(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
@@ -85,8 +88,7 @@ async def _serve_metrics(metrics: Any, address: str, web_config_file: str = "") 
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, port = listen_address(address)
-    tls = guard().tls
-    await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls.rotating() if tls else None).start()
+    await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=rotating_context(guard)).start()
     log.info("worker metrics on %s/metrics", address)
     return runner
 

@@ -17,7 +17,8 @@ import pytest
 
 from oa_exporter.adapters.sinks.exposition import ExpositionPage
 from oa_exporter.entrypoints import daemon
-from oa_exporter.entrypoints.web_config import WebConfigError, WebGuard, load_web_config
+from oa_exporter.entrypoints.web_config import WebConfigError, load_web_config
+from oa_exporter.entrypoints.web_guard import WebGuard
 from oa_exporter.settings import Settings
 from tests.certs import make_pki, web_config
 
@@ -30,7 +31,7 @@ def pki(tmp_path_factory):
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-async def start(config: Path | None, enable_lifecycle: bool = False):
+async def start(config: Path | None, enable_lifecycle: bool = False, guard: WebGuard | None = None):
     page = ExpositionPage(extra=lambda: PAGE_TEXT)
     page.flush()
     reloads = []
@@ -42,7 +43,7 @@ async def start(config: Path | None, enable_lifecycle: bool = False):
     app = SimpleNamespace(page=page, rules=object(), ready=lambda: True, load_rules=load_rules,
                           rules_status=list, reload_problems=[],
                           settings=Settings())
-    web = await daemon._start_web(app, "127.0.0.1:0", enable_lifecycle, WebGuard(str(config or "")))
+    web = await daemon._start_web(app, "127.0.0.1:0", enable_lifecycle, guard or WebGuard(str(config or "")))
     web.reloads = reloads
     return web
 

@@ -37,6 +37,22 @@ class _ModelAge(Collector):
         yield family
 
 
+class WebConfigMetrics:
+    """Whether the web config file (--web.config.file) in force is its latest version; the daemon's and a
+    worker's registries both carry these."""
+
+    def __init__(self, r: CollectorRegistry):
+        self.ok = Gauge("oa_web_config_last_reload_successful", "Whether the last read of the web config file "
+                        "succeeded (1) or failed (0: the previous settings stay in force).", registry=r)
+        self.time = Gauge("oa_web_config_last_reload_success_timestamp_seconds",
+                          "Time of the last successful read of the web config file.", registry=r)
+
+    def loaded(self, ok: bool, at: float) -> None:
+        self.ok.set(1 if ok else 0)
+        if ok:
+            self.time.set(at)
+
+
 class PrometheusTelemetry:
     """Telemetry port over prometheus_client metrics."""
 
@@ -50,6 +66,7 @@ class PrometheusTelemetry:
         self.reload_time = Gauge("oa_rules_last_reload_success_timestamp_seconds",
                                  "Time of the last successful rules (re)load.", registry=r)
         self.reload_failures = Counter("oa_rules_reload_failures", "Rules (re)loads that failed.", registry=r)
+        self.web_config = WebConfigMetrics(r)
         self.series = Gauge("oa_rule_series", "Series of a rule by state (ready, not-ready, failed).",
                             ["rule", "state"], registry=r)
         self.healthy = Gauge("oa_rule_healthy", "Whether the rule's last query and fit worked (1) or not (0).",

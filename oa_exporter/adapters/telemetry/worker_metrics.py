@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ... import __version__
-from .prometheus_client import FIT_BUCKETS, QUEUES
+from .prometheus_client import FIT_BUCKETS, QUEUES, WebConfigMetrics
 
 
 class WorkerMetrics:
@@ -20,6 +20,7 @@ class WorkerMetrics:
                             "attempt that failed and was queued again).", ["queue", "outcome"], registry=r)
         self.seconds = Histogram("oa_worker_job_duration_seconds", "Time this worker spent on a job attempt.",
                                  ["queue"], buckets=FIT_BUCKETS, registry=r)
+        self.web_config = WebConfigMetrics(r)
         for queue in QUEUES:
             self.running.labels(queue)
             for outcome in ("succeeded", "failed", "retried"):
