@@ -174,3 +174,42 @@ async def test_a_large_rule_fitted_across_the_cluster_gives_the_single_process_b
     ours, theirs = bands(remote), bands(local)
     for name in ("yhat", "lower", "upper"):  # Fugue's results are float32 (statsforecast's own tolerance there)
         np.testing.assert_allclose(getattr(ours, name), getattr(theirs, name), rtol=1e-5)
+
+
+async def moments_tasks(address: str) -> int:
+    """How many partition-moments tasks (DistributedMLForecast's regressor fit) the cluster has run so far."""
+    from distributed import Client
+
+    async with Client(address, asynchronous=True) as client:
+        stream = await client.get_task_stream()  # the first call installs the scheduler's recorder
+    return sum("partition_moments" in str(task["key"]) for task in stream)
+
+
+async def test_a_large_mlforecast_rule_fitted_by_distributed_mlforecast_gives_the_single_process_bands(dask_cluster):
+    pytest.importorskip("mlforecast", reason="needs the mlforecast extra")
+    single = engine_registry()["mlforecast"]
+    spread = engine_registry()["mlforecast"]
+    spread.distributed_from = 4  # type: ignore[attr-defined]  # "large" from 4 series: the switch, made small
+    spec, data = ModelSpec("mlforecast", "Ridge", {"n_windows": 4}), history(series=6, days=2)
+    before = await moments_tasks(dask_cluster.address)
+    dispatcher = DaskDispatcher(dask_cluster.address, timeout=300)
+    try:
+        remote = await dispatcher.run(spread.fit, data, spec, 99.0)
+    finally:
+        await dispatcher.close()
+    # two regressor fits (the calibration windows' and the final one), each over 4 partitions (2 per worker)
+    assert await moments_tasks(dask_cluster.address) - before == 2 * 4
+    local = single.fit(data, spec, 99.0)
+    assert not remote.errors and type(remote.payload.state).__name__ == "MLForecast"
+
+    def bands(fitted):
+        model = Model("r", "f", "mlforecast", data.keys, data.labels, END, data.start, END, 300.0, fitted)
+        return single.predict(model, END + 300, 24, 99.0)
+
+    ours, theirs = bands(remote), bands(local)
+    for name in ("yhat", "lower", "upper"):  # the regressor solved from moments: float rounding apart
+        np.testing.assert_allclose(getattr(ours, name), getattr(theirs, name), rtol=1e-9)
+    np.testing.assert_allclose(remote.payload.state.models_["model"].coef_, local.payload.state.models_["model"].coef_,
+                               rtol=1e-9)
+    stored = bands(single.loads(single.dumps(remote)))  # stored and loaded as any model
+    np.testing.assert_array_equal(stored.upper, ours.upper)

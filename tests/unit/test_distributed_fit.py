@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from oa_exporter.adapters.engines import _dask
 from oa_exporter.adapters.engines.statsforecast import StatsForecastEngine, _Payload
@@ -53,3 +54,25 @@ def test_a_kept_forecast_serves_its_horizon_and_the_fallback_the_rest():
     np.testing.assert_array_equal(bands.yhat[:2, :5], 7.0)  # steps 6..10: the kept forecast
     np.testing.assert_array_equal(bands.yhat[:2, 5:], yhat[:2, 5:])  # past them: the fallback
     np.testing.assert_array_equal(bands.yhat[2], yhat[2])
+
+
+@pytest.mark.parametrize("estimator", [{"name": "Ridge", "alpha": 3.0}, {"name": "LinearRegression"},
+                                       {"name": "Ridge", "fit_intercept": False}], ids=["ridge", "ols", "no-intercept"])
+def test_a_linear_regressor_solved_from_partition_moments_is_the_fit_on_the_whole_frame(estimator):
+    pytest.importorskip("sklearn")
+    import pandas as pd
+    from sklearn import linear_model
+
+    rng = np.random.default_rng(4)
+    x = pd.DataFrame(rng.normal(0, 1, (1000, 5)) + [1e4, 0, -50, 3, 0], columns=list("abcde"))  # large offsets
+    y = pd.Series(x.to_numpy() @ [0.5, -2, 0.1, 3, 0] + 7 + rng.normal(0, 0.1, 1000))
+    params = {k: v for k, v in estimator.items() if k != "name"}
+    cls = getattr(linear_model, estimator["name"])
+    cuts = [0, 1, 300, 300, 710, 1000]  # uneven partitions, an empty one among them
+    parts = [_dask.partition_moments(x.iloc[a:b], y.iloc[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    ours = _dask.solve_linear(cls(**params), list(x.columns), *_dask.combine_moments(parts))
+    theirs = cls(**params).fit(x, y)
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, rtol=1e-7)
+    np.testing.assert_allclose(ours.intercept_, theirs.intercept_, rtol=1e-7, atol=1e-9)
+    new = pd.DataFrame(rng.normal(0, 1, (20, 5)), columns=list("abcde"))
+    np.testing.assert_allclose(ours.predict(new), theirs.predict(new), rtol=1e-7)

@@ -15,6 +15,12 @@
 
 Series are standardised one by one (LocalStandardScaler), so one regressor serves series of any scale. It is
 a global model: `update` forecasts new series from their history, with intervals recalibrated on it.
+
+On a Dask worker (the dask dispatcher), a rule of `distributed_from` series or more whose regressor is Ridge or
+LinearRegression is fitted by DistributedMLForecast on a Dask frame of its series (see _dask.py): the features of
+each partition on the worker that holds it, the regressor solved from the partitions' moments, the calibration
+windows as DistributedMLForecast's cross-validation. The model kept is the local MLForecast it converts to, the
+same as a fit in one process. Other regressors fit in the one worker process.
 LightGBM is not wired in: HistGradientBoostingRegressor is scikit-learn's own histogram gradient boosting, and
 one more compiled dependency buys little here.
 """
@@ -29,9 +35,10 @@ import numpy as np
 import pandas as pd
 
 from ...core.domain import Bands, Capabilities, Fitted, Model, ModelSpec, SeriesMatrix
-from . import _batch
+from . import _batch, _dask
 
 DEFAULT_MODEL = "Ridge"
+DISTRIBUTED_SERIES = 5000  # on a Dask worker, rules of this many series or more are fitted across the cluster
 DEFAULTS: dict[str, Any] = {"lags": [1, 2, 3, "1h", "1d"], "calendar": True, "n_windows": 20, "interval_h": 12,
                             "seed": 0}
 DAY, WEEK = 86400.0, 604800.0
@@ -42,6 +49,7 @@ class MLForecastEngine:
 
     name = "mlforecast"
     default_model = DEFAULT_MODEL
+    distributed_from = DISTRIBUTED_SERIES
 
     @functools.cached_property
     def versions(self) -> dict[str, str]:
@@ -64,7 +72,11 @@ class MLForecastEngine:
         own, estimator = _split(spec.params)
         lags = _lags(own["lags"], history.step, history.values.shape[1])
         cfg = {**own, "lags": lags, "name": spec.name, "estimator": estimator, "step": history.step}
-        return _batch.fit(history, _min_points(cfg), lambda frame: _train(frame, cfg), level, cfg)
+        large = len(history.keys) if _dask.solvable_on_moments(spec.name, estimator) else 0
+        with _dask.cluster_client(large, self.distributed_from) as cluster:
+            if cluster is not None:
+                return _batch.fit(history, _min_points(cfg), lambda frame: _train_on(cluster, frame, cfg), level, cfg)
+            return _batch.fit(history, _min_points(cfg), lambda frame: _train(frame, cfg), level, cfg)
 
     def update(self, model: Model, history: SeriesMatrix) -> Fitted:
         cfg = _batch.payload_of(model.fitted).params
@@ -97,20 +109,33 @@ def _min_points(cfg: dict[str, Any]) -> int:
     return 2 * max(cfg["lags"]) + cfg["n_windows"] * cfg["interval_h"] + 10
 
 
+def _regressor(cfg: dict[str, Any]) -> Any:
+    regressor = _batch.sklearn_class(cfg["name"], "regressor")
+    return regressor(**_batch.seeded(regressor, cfg["estimator"], cfg["seed"]))
+
+
+def _pipeline(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The features of MLForecast and DistributedMLForecast alike."""
+    from mlforecast.target_transforms import LocalStandardScaler
+
+    return {"freq": _batch.freq(cfg["step"]), "lags": cfg["lags"],
+            "date_features": [day_sin, day_cos, week_sin, week_cos] if cfg["calendar"] else None,
+            "target_transforms": [LocalStandardScaler()]}
+
+
 def _train(frame: _batch.Frame, cfg: dict[str, Any]) -> Any:
     from mlforecast import MLForecast
-    from mlforecast.target_transforms import LocalStandardScaler
     from mlforecast.utils import PredictionIntervals
 
-    regressor = _batch.sklearn_class(cfg["name"], "regressor")
-    model = regressor(**_batch.seeded(regressor, cfg["estimator"], cfg["seed"]))
-    forecaster = MLForecast(
-        models={"model": model}, freq=_batch.freq(cfg["step"]), lags=cfg["lags"],
-        date_features=[day_sin, day_cos, week_sin, week_cos] if cfg["calendar"] else None,
-        target_transforms=[LocalStandardScaler()],
-    )
+    forecaster = MLForecast(models={"model": _regressor(cfg)}, **_pipeline(cfg))
     intervals = PredictionIntervals(n_windows=cfg["n_windows"], h=cfg["interval_h"])
     return forecaster.fit(frame.data, prediction_intervals=intervals)
+
+
+def _train_on(cluster: Any, frame: _batch.Frame, cfg: dict[str, Any]) -> Any:
+    """_train's model, fitted by DistributedMLForecast across the Dask cluster."""
+    return _dask.mlforecast_on_cluster(cluster, frame.data, _pipeline(cfg), _regressor(cfg), cfg["n_windows"],
+                                       cfg["interval_h"])
 
 
 def _forecast(payload: _batch.Payload, h: int, level: float) -> _batch.Forecast:
