@@ -22,6 +22,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from ..adapters.sinks.exposition import CONTENT_TYPE
 from ..bootstrap import App, bootstrap
 from ..settings import Settings
+from .head_deadline import with_head_deadline
 from .scrape_front import HEADER_TIMEOUT, IDLE_TIMEOUT, ScrapeFront
 from .web import make_app
 from .web_config import WebConfigError
@@ -161,11 +162,12 @@ def _hand_over_to(runner: web.AppRunner) -> Callable[[socket.socket, ssl.SSLCont
     """Give an accepted connection to the aiohttp server from a front thread (with TLS when it is raw TLS)."""
     loop, server = asyncio.get_running_loop(), runner.server
     assert server is not None, "runner.setup() makes the server"
+    protocol = with_head_deadline(server)  # aiohttp has no timeout for a request head of its own
 
     def hand_over(connection: socket.socket, tls: ssl.SSLContext | None) -> None:
         timeouts = {"ssl_handshake_timeout": HEADER_TIMEOUT} if tls else {}
         adopted = asyncio.run_coroutine_threadsafe(
-            loop.connect_accepted_socket(server, connection, ssl=tls, **timeouts), loop)
+            loop.connect_accepted_socket(protocol, connection, ssl=tls, **timeouts), loop)
         adopted.add_done_callback(lambda done: _close_unless_adopted(done, connection))
 
     return hand_over

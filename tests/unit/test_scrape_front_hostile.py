@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -21,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from oa_exporter.adapters.sinks.exposition import ExpositionPage
-from oa_exporter.entrypoints import daemon, scrape_front
+from oa_exporter.entrypoints import daemon, head_deadline, scrape_front
 from oa_exporter.entrypoints.scrape_front import Malformed, Scrape, parse_scrape
 from oa_exporter.settings import Settings
 
@@ -228,3 +229,104 @@ async def test_garbage_handed_to_aiohttp_writes_no_traceback(server, caplog):
         answer = await asyncio.to_thread(exchange, server.front.port, garbage, False)  # aiohttp closes after 400
         assert answer.startswith(b"HTTP/1.") and b" 400 " in answer[:20], garbage
     assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def trickle_until_cut(sock: socket.socket, limit: float) -> float | None:
+    """Send a byte of headers every 0.2 s: the seconds until the server closed the connection, None if it
+    still had not after `limit`."""
+    sock.settimeout(0.2)
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        try:
+            if sock.recv(1 << 16) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            pass
+        except ConnectionResetError:
+            return time.monotonic() - started
+        try:
+            sock.send(b"x")
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - started
+    return None
+
+
+def connect_from(address: str, port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.bind((address, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def scrape_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "scrape")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="127.0.0.x are loopback addresses on Linux")
+async def test_a_trickler_handed_to_aiohttp_while_the_front_is_full_is_cut_after_the_header_timeout(server,
+                                                                                                   monkeypatch):
+    monkeypatch.setattr(scrape_front, "HEADER_TIMEOUT", 120.0)  # the front's own tricklers stay all along
+    monkeypatch.setattr(head_deadline, "HEADER_TIMEOUT", 1.0)
+    port, held = server.front.port, []
+    try:
+        for client in range(scrape_front.MAX_CONNECTIONS // scrape_front.MAX_PER_CLIENT):  # every front thread
+            for _ in range(scrape_front.MAX_PER_CLIENT):
+                held.append(connect_from(f"127.0.0.{2 + client}", port))
+                held[-1].sendall(b"GET /metrics HTTP/1.1\r\nHo")
+        for _ in range(200):
+            if scrape_threads() >= scrape_front.MAX_CONNECTIONS:
+                break
+            await asyncio.sleep(0.05)
+        assert scrape_threads() == scrape_front.MAX_CONNECTIONS
+        assert PAGE_TEXT in await asyncio.to_thread(scrape, port)  # answered by aiohttp meanwhile
+        with connect_from("127.0.0.20", port) as trickler:
+            trickler.sendall(b"GET /api/v1/rules HTTP/1.1\r\nHo")
+            cut = await asyncio.to_thread(trickle_until_cut, trickler, 30.0)  # aiohttp alone: 75 s
+        assert cut is not None and cut < 30.0
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def response(sock: socket.socket) -> bytes:
+    """One Content-Length framed response from a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(1 << 16)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(x.split(b":")[1] for x in head.split(b"\r\n") if x.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += sock.recv(1 << 16)
+    return head
+
+
+async def test_a_kept_alive_connection_aiohttp_serves_is_cut_when_its_next_head_trickles(server, monkeypatch):
+    monkeypatch.setattr(head_deadline, "HEADER_TIMEOUT", 1.0)
+    with socket.create_connection(("127.0.0.1", server.front.port), timeout=10) as sock:
+        sock.sendall(b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nab\r\n\r\ncd!"
+                     b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")  # a body, then a pipelined request
+        assert (await asyncio.to_thread(response, sock)).startswith(b"HTTP/1.1 200")
+        assert (await asyncio.to_thread(response, sock)).startswith(b"HTTP/1.1 200")
+        await asyncio.sleep(1.5)  # idle between requests is the keep-alive timer's (75 s), not the head's
+        sock.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.to_thread(response, sock)).startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /-/healthy HTTP/1.1\r\nHo")
+        cut = await asyncio.to_thread(trickle_until_cut, sock, 30.0)
+    assert cut is not None and cut < 30.0 and server.reloads == [1]
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_a_slow_body_is_not_taken_for_a_slow_head(server, monkeypatch, framing):
+    monkeypatch.setattr(head_deadline, "HEADER_TIMEOUT", 0.5)
+    parts = [b"ab\r\n\r\n", b"cd", b"!"]
+    if framing == "chunked":
+        head, parts = b"Transfer-Encoding: chunked", [b"%x\r\n%s\r\n" % (len(p), p) for p in parts] + [b"0\r\n\r\n"]
+    else:
+        head = b"Content-Length: %d" % sum(map(len, parts))
+    with socket.create_connection(("127.0.0.1", server.front.port), timeout=10) as sock:
+        sock.sendall(b"POST /-/reload HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n\r\n")
+        for part in parts:
+            await asyncio.sleep(0.4)  # 1.2 s or more in all: past the head timeout
+            sock.sendall(part)
+        assert (await asyncio.to_thread(response, sock)).startswith(b"HTTP/1.1 200")
+    assert server.reloads == [1]
