@@ -23,8 +23,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 WORKER_ONLY = frozenset({"worker_listen_address"})
 RUN_ONLY = frozenset({
     "config_store", "config_postgres_dsn", "rules", "rules_poll_interval", "web_listen_address", "web_enable_lifecycle",
-    "web_enable_rules_api", "preview_max_series", "preview_max_points", "preview_timeout", "model_engine",
-    "dispatcher", "pool_workers", "dask_scheduler", "celery_inference", "shard_count", "shard_index",
+    "web_enable_rules_api", "web_allowed_hosts", "preview_max_series", "preview_max_points", "preview_timeout",
+    "model_engine", "dispatcher", "pool_workers", "dask_scheduler", "celery_inference", "shard_count", "shard_index",
     "shard_count_file", "output_mode",
 })
 
@@ -69,14 +69,19 @@ class Settings:
         "--web.listen-address", "OA_WEB_LISTEN_ADDRESS", "address to serve /metrics and the API on"))
     web_config_file: str = field(default="", metadata=_opt(
         "--web.config.file", "OA_WEB_CONFIG_FILE",
-        "exporter-toolkit web config (TLS, basic auth, headers) for every path on the port; read at start and on "
-        "reload (SIGHUP, /-/reload)"))
+        "exporter-toolkit web config (TLS, basic auth, headers) for every path on the port; read at start, when it "
+        "changes and on reload (SIGHUP, /-/reload)"))
     web_enable_lifecycle: bool = field(default=False, metadata=_opt(
         "--web.enable-lifecycle", "OA_WEB_ENABLE_LIFECYCLE",
         "allow POST/PUT /-/reload (403 otherwise); SIGHUP and the rules watcher reload regardless"))
     web_enable_rules_api: bool = field(default=False, metadata=_opt(
         "--web.enable-rules-api", "OA_WEB_ENABLE_RULES_API",
         "allow writing rules through the HTTP API and the web UI (PUT/DELETE /api/v1/rules/NAME); off: 403"))
+    web_allowed_hosts: tuple[str, ...] = field(default=(), metadata=_opt(
+        "--web.allowed-hosts", "OA_WEB_ALLOWED_HOSTS",
+        "Host header names the port answers, against DNS rebinding (repeatable; env: comma-separated; "
+        "*.example.com: the names under it); others get 403; IP addresses and localhost always pass; "
+        "empty: any Host", many=True))
     preview_max_series: int = field(default=1000, metadata=_opt(
         "--preview.max-series", "OA_PREVIEW_MAX_SERIES", "series one preview (POST /api/v1/preview) may replay"))
     preview_max_points: int = field(default=20_000_000, metadata=_opt(

@@ -22,6 +22,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from ..adapters.sinks.exposition import CONTENT_TYPE
 from ..bootstrap import App, bootstrap
 from ..settings import Settings
+from .allowed_hosts import AllowedHosts
 from .head_deadline import with_head_deadline
 from .scrape_front import HEADER_TIMEOUT, IDLE_TIMEOUT, ScrapeFront
 from .web import make_app
@@ -131,6 +132,7 @@ async def _start_web(app: App, address: str, enable_lifecycle: bool = False,
     host, port = listen_address(address)
     guard = guard or WebGuard("")
     logging.getLogger("aiohttp.server").addFilter(_QUIET)  # once: filters are a set
+    hosts = AllowedHosts(app.settings.web_allowed_hosts)
 
     async def reload() -> bool:
         """Reload the web config file and the rules, each keeping what is in force when it is bad; True when
@@ -146,10 +148,10 @@ async def _start_web(app: App, address: str, enable_lifecycle: bool = False,
 
     routes = make_app(app.page, app.ready, reload, app.rules_status,
                       lambda: app.reload_problems, enable_lifecycle, api=app,
-                      writable=app.settings.web_enable_rules_api, security=guard)
+                      writable=app.settings.web_enable_rules_api, security=guard, hosts=hosts)
     runner = web.AppRunner(routes, access_log=None, keepalive_timeout=IDLE_TIMEOUT)  # aiohttp's default: 3,630 s
     await runner.setup()
-    front = ScrapeFront(app.page.page, CONTENT_TYPE, _hand_over_to(runner), security=guard)
+    front = ScrapeFront(app.page.page, CONTENT_TYPE, _hand_over_to(runner), security=guard, hosts=hosts)
     try:
         front.start(host, port)
     except OSError:

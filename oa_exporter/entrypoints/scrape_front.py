@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 
+from .allowed_hosts import AllowedHosts
 from .web_guard import WebSecurity
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class Scrape:
     gzip: bool
     keep_alive: bool
     authorization: str | None = None
+    host: str | None = None
 
 
 class Malformed(ValueError):
@@ -83,7 +85,7 @@ def parse_scrape(data: bytes, path: str = "/metrics") -> Scrape | None:
     connection = headers.get("connection", "").lower()
     keep_alive = "close" not in connection and (parts[2] == "HTTP/1.1" or "keep-alive" in connection)
     return Scrape(end + 4, parts[0] == "HEAD", accepts_gzip(headers.get("accept-encoding", "")), keep_alive,
-                  headers.get("authorization"))
+                  headers.get("authorization"), headers.get("host"))
 
 
 def _check_bytes(head: bytes) -> None:
@@ -153,8 +155,10 @@ class ScrapeFront:
     """
 
     def __init__(self, page: Page, content_type: str, hand_over: HandOver, max_connections: int = MAX_CONNECTIONS,
-                 security: Callable[[], WebSecurity] = WebSecurity, max_per_client: int = MAX_PER_CLIENT):
+                 security: Callable[[], WebSecurity] = WebSecurity, max_per_client: int = MAX_PER_CLIENT,
+                 hosts: AllowedHosts | None = None):
         self._page = page
+        self._hosts = hosts or AllowedHosts()
         self._content_type = content_type
         self._hand_over = hand_over
         self._security = security
@@ -287,7 +291,7 @@ class ScrapeFront:
                 _refuse(connection, e)
                 return False
             now = self._security()  # users and headers as the web config file says now; TLS as at accept
-            if scrape is None or not _authorized(scrape, now):
+            if scrape is None or not self._answers(scrape, now):
                 self._give_away(connection, security)
                 return True
             connection.recv(scrape.head_length, socket.MSG_WAITALL)  # consume exactly the peeked request
@@ -310,13 +314,17 @@ class ScrapeFront:
                     _refuse(tls, e)
                     return
                 now = self._security()
-                if scrape is None or not _authorized(scrape, now):
+                if scrape is None or not self._answers(scrape, now):
                     _relay(tls, buffered, self._hand_over)
                     return
                 buffered = buffered[scrape.head_length:]
                 self._send_page(tls, scrape, now)
                 if not scrape.keep_alive:
                     return
+
+    def _answers(self, scrape: Scrape, security: WebSecurity) -> bool:
+        """Whether this front answers the scrape itself; else aiohttp does (its 401 or 403)."""
+        return self._hosts.allows(scrape.host) and _authorized(scrape, security)
 
     def _send_page(self, connection: socket.socket, scrape: Scrape, security: WebSecurity) -> None:
         body = self._page(scrape.gzip)

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from ..adapters.sinks.exposition import CONTENT_TYPE, ExpositionPage
 from ..core.domain import RuleStatus
+from .allowed_hosts import REFUSED, AllowedHosts
 from .scrape_front import accepts_gzip
 from .web_config import REALM
 from .web_guard import WebSecurity
@@ -33,6 +34,19 @@ def basic_auth(security: Callable[[], WebSecurity]) -> Callable:
             if not user:
                 return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": REALM})
         request[USER] = user
+        return await handler(request)
+
+    return check
+
+
+def allowed_hosts(hosts: AllowedHosts) -> Callable:
+    """A request whose Host is not one of --web.allowed-hosts is refused (403), on every path."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                    ) -> web.StreamResponse:
+        if not hosts.allows(request.headers.get("Host")):
+            return web.Response(status=403, text=REFUSED)
         return await handler(request)
 
     return check
@@ -84,6 +98,7 @@ def make_app(
     api: App | None = None,
     writable: bool = False,
     security: Callable[[], WebSecurity] = WebSecurity,
+    hosts: AllowedHosts | None = None,
 ) -> web.Application:
     """The aiohttp application; handlers only translate HTTP to calls on what they are given."""
 
@@ -115,7 +130,8 @@ def make_app(
     async def landing(request: web.Request) -> web.Response:
         return web.Response(text=LANDING, content_type="text/html")
 
-    app = web.Application(middlewares=[basic_auth(security), same_origin_writes])
+    guards = [allowed_hosts(hosts or AllowedHosts()), basic_auth(security), same_origin_writes]
+    app = web.Application(middlewares=guards)
     app.on_response_prepare.append(extra_headers(security))
     app.add_routes([
         web.get("/metrics", metrics), web.get("/-/healthy", healthy), web.get("/-/ready", ready),

@@ -17,6 +17,7 @@ import pytest
 
 from oa_exporter.adapters.sinks.exposition import ExpositionPage
 from oa_exporter.entrypoints import daemon
+from oa_exporter.entrypoints.allowed_hosts import AllowedHosts
 from oa_exporter.entrypoints.web_config import WebConfigError, load_web_config
 from oa_exporter.entrypoints.web_guard import WebGuard
 from oa_exporter.settings import Settings
@@ -31,7 +32,8 @@ def pki(tmp_path_factory):
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-async def start(config: Path | None, enable_lifecycle: bool = False, guard: WebGuard | None = None):
+async def start(config: Path | None, enable_lifecycle: bool = False, guard: WebGuard | None = None,
+                allowed_hosts: tuple[str, ...] = ()):
     page = ExpositionPage(extra=lambda: PAGE_TEXT)
     page.flush()
     reloads = []
@@ -42,7 +44,7 @@ async def start(config: Path | None, enable_lifecycle: bool = False, guard: WebG
 
     app = SimpleNamespace(page=page, rules=object(), ready=lambda: True, load_rules=load_rules,
                           rules_status=list, reload_problems=[],
-                          settings=Settings())
+                          settings=Settings(web_allowed_hosts=allowed_hosts))
     web = await daemon._start_web(app, "127.0.0.1:0", enable_lifecycle, guard or WebGuard(str(config or "")))
     web.reloads = reloads
     return web
@@ -270,3 +272,56 @@ async def test_a_workers_port_serves_a_rotated_certificate_too(tmp_path):
         assert after != before
     finally:
         await runner.cleanup()
+
+
+def as_host(port: int, host: str, method: str = "GET", path: str = "/metrics", origin: str = "") -> bytes:
+    """A browser's request as DNS rebinding makes it: sent to the daemon's address, Host and Origin the page's."""
+    headers = f"Host: {host}\r\n" + (f"Origin: {origin}\r\n" if origin else "")
+    return raw(port, f"{method} {path} HTTP/1.1\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/-/reload"), ("GET", "/metrics"), ("GET", "/api/v1/rules")])
+async def test_allowed_hosts_refuse_a_dns_rebinding_page(method, path):
+    web = await start(None, enable_lifecycle=True, allowed_hosts=("oa.example", "*.svc.cluster.local"))
+    port = web.front.port
+    try:
+        rebound = f"evil.example:{port}"
+        refused = await asyncio.to_thread(as_host, port, rebound, method, path, f"http://{rebound}")
+        assert refused.startswith(b"HTTP/1.1 403") and b"--web.allowed-hosts" in refused and web.reloads == []
+        for host in (f"oa.example:{port}", "OA.example.", f"oa.monitoring.svc.cluster.local:{port}",
+                     f"127.0.0.1:{port}", "localhost", f"[::1]:{port}"):
+            answer = await asyncio.to_thread(as_host, port, host, method, path)
+            assert answer.startswith(b"HTTP/1.1 200"), (host, answer[:80])
+        assert len(web.reloads) == (6 if method == "POST" else 0)
+    finally:
+        await web.cleanup()
+
+
+async def test_without_allowed_hosts_any_host_is_answered_as_before():
+    web = await start(None, enable_lifecycle=True)
+    try:
+        rebound = f"evil.example:{web.front.port}"
+        answer = await asyncio.to_thread(as_host, web.front.port, rebound, "POST", "/-/reload", f"http://{rebound}")
+        assert answer.startswith(b"HTTP/1.1 200") and len(web.reloads) == 1
+    finally:
+        await web.cleanup()
+
+
+async def test_allowed_hosts_hold_over_tls(pki, tmp_path):
+    web = await start(web_config(tmp_path / "web.yml", pki), allowed_hosts=("oa.example",))
+    try:
+        request = b"GET /metrics HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+        refused = await asyncio.to_thread(fetch, web.front.port, pki.ca, None, request)
+        allowed = await asyncio.to_thread(fetch, web.front.port, pki.ca, None, request.replace(b"evil", b"oa"))
+        assert refused.startswith(b"HTTP/1.1 403") and allowed.startswith(b"HTTP/1.1 200") and PAGE_TEXT in allowed
+    finally:
+        await web.cleanup()
+
+
+@pytest.mark.parametrize(("host", "allowed"), [
+    ("oa.example", True), ("oa.example:10100", True), ("OA.EXAMPLE.", True), ("a.svc.local", True),
+    ("svc.local", False), ("evilsvc.local", False), ("oa.example.evil", False), ("oa.example:x", False),
+    ("10.1.2.3:10100", True), ("[fe80::1]:10100", True), ("[fe80::1", False), ("localhost:1", True), ("", True),
+])
+def test_allowed_host_names(host, allowed):
+    assert AllowedHosts(("oa.example,*.svc.local",)).allows(host) is allowed
