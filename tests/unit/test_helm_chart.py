@@ -358,3 +358,40 @@ def test_without_a_web_config_the_port_is_plain_http():
     assert "--web.config.file" not in daemon["args"] and daemon["readinessProbe"]["httpGet"]["path"] == "/-/ready"
     [endpoint] = next(iter(by_kind(objects, "ServiceMonitor").values()))["spec"]["endpoints"]
     assert "scheme" not in endpoint and "basicAuth" not in endpoint
+
+
+CELERY = {"dispatcher": "celery", "celery": {"broker": "amqp://guest:guest@rabbitmq:5672//"},
+          "artifacts": {"store": "s3", "s3": {"bucket": "models", "endpoint": "https://s3.example"}}}
+
+
+def test_a_web_config_secret_guards_the_workers_ports_too():
+    objects = render({**CELERY, "web": {"configSecret": "oa-web", "configKey": "web.yml"}})
+    workers = {name: c for name, c in oa_containers(objects).items() if "worker" in name}
+    assert sorted(workers) == ["oa-openanomaly-worker-inference", "oa-openanomaly-worker-training"]
+    for name, worker in workers.items():
+        assert worker["args"][worker["args"].index("--web.config.file") + 1] == "/etc/oa-exporter/web/web.yml"
+        assert_accepted_command(worker["args"], name)
+        mount = next(m for m in worker["volumeMounts"] if m["name"] == "web-config")
+        volume = next(v for v in pod_specs(objects)[name]["volumes"] if v["name"] == "web-config")
+        assert mount["mountPath"] == "/etc/oa-exporter/web" and mount["readOnly"]
+        assert volume["secret"]["secretName"] == "oa-web"
+        assert worker["livenessProbe"]["tcpSocket"] == {"port": "metrics"}  # /-/healthy is behind TLS and auth
+    for obj in objects:
+        if obj["kind"] not in CRDS:
+            kubernetes_validate.validate(obj, KUBERNETES[-1], strict=True)
+
+
+def test_without_a_web_config_the_workers_ports_are_plain_http():
+    workers = [c for name, c in oa_containers(render(CELERY)).items() if "worker" in name]
+    assert len(workers) == 2
+    for worker in workers:
+        assert "--web.config.file" not in worker["args"] and worker["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
+        assert not any(m["name"] == "web-config" for m in worker["volumeMounts"])
+
+
+def test_allowed_hosts_reach_the_daemon():
+    daemon = oa_containers(render({"web": {"allowedHosts": ["oa.example.com", "*.monitoring.svc"]}}))["oa-openanomaly"]
+    assert_accepted_command(daemon["args"], "daemon")
+    hosts = [daemon["args"][i + 1] for i, arg in enumerate(daemon["args"]) if arg == "--web.allowed-hosts"]
+    assert hosts == ["oa.example.com", "*.monitoring.svc"]
+    assert "--web.allowed-hosts" not in oa_containers(render({}))["oa-openanomaly"]["args"]
