@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -437,9 +437,7 @@ def bootstrap(
         store = ShardedArtifactStore(store, first.index)
     dispatcher = dispatcher or job_dispatcher(settings, telemetry)
     page = ExpositionPage(extra=telemetry.render)
-    if settings.dispatcher == "celery":
-        if first.count > 1 or settings.shard_count_file:
-            raise ValueError("--shard.count needs --dispatcher local or dask: celery workers fit whole rules")
+    if settings.dispatcher == "celery":  # a sharded daemon's jobs name its shard: workers fit that share
         _check_shared_store(settings, store)
         queue = queue or celery_queue(settings, telemetry)
         trainer: Trainer = QueuedTrainer(tsdb, engines, store, dispatcher, telemetry, clock,
@@ -562,17 +560,32 @@ class WorkerServices:
 
 def worker_services(settings: Settings, concurrency: int) -> WorkerServices:
     """A worker's JobWorker: fits run in child processes (killable, one per job), nothing is exported."""
-    import typing
-
-    from .adapters.telemetry.null import NullTelemetry
-
     engines = engine_registry()
     tsdb, store = tsdb_client(settings), artifact_store(settings)
     _check_shared_store(settings, store)
     pool = LocalPoolDispatcher(concurrency, settings.job_timeout, retries=0)  # celery retries the whole job
-    trainer = Trainer(tsdb, engines, store, pool, typing.cast(Telemetry, NullTelemetry()),
-                      keep=settings.artifact_keep, history=history_reader(settings, tsdb, time.time))
-    return WorkerServices(JobWorker(trainer, engines, store), tsdb, store, pool)
+    return WorkerServices(JobWorker(shard_trainers(settings, tsdb, store, pool, engines), engines), tsdb, store, pool)
+
+
+def shard_trainers(settings: Settings, tsdb: TsdbClient, store: ArtifactStore, dispatcher: JobDispatcher,
+                   engines: Mapping[str, ModelEngine]) -> Callable[[int], Trainer]:
+    """A worker's Trainer of each shard, made at the shard's first job: shard i's names in the shared store and
+    its history, as its replica would have them, so the shards' models and records stay apart."""
+    import typing
+
+    from .adapters.telemetry.null import NullTelemetry
+
+    trainers: dict[int, Trainer] = {}
+
+    def trainer_of(shard: int) -> Trainer:
+        if shard not in trainers:
+            own = store if shard == 0 else ShardedArtifactStore(store, shard)
+            history = history_reader(replace(settings, shard_index=shard), tsdb, time.time)
+            trainers[shard] = Trainer(tsdb, engines, own, dispatcher, typing.cast(Telemetry, NullTelemetry()),
+                                      keep=settings.artifact_keep, history=history)
+        return trainers[shard]
+
+    return trainer_of
 
 
 def backtester(history: SeriesMatrix) -> Backtester:

@@ -16,6 +16,7 @@ import numpy as np
 from .domain import Bands, Direction, ModelSpec, Rule, SeriesKey
 from .errors import EngineError
 from .excursions import Ongoing
+from .sharding import Shard
 
 TRAINING = "training"
 INFERENCE = "inference"
@@ -24,27 +25,33 @@ INFERENCE = "inference"
 @dataclass(frozen=True)
 class TrainingJob:
     """Fit a rule on the window that ends at `window_end`, holding back the excursions in progress the daemon
-    saw (`ongoing`): the same job always makes the same artifact."""
+    saw (`ongoing`): the same job always makes the same artifact. A sharded daemon's job fits only its `shard`'s
+    series, and the worker stores the model under that shard's names (see adapters/stores/sharded.py)."""
 
     rule: Rule
     window_end: float
     ongoing: Mapping[SeriesKey, Ongoing] = field(default_factory=dict)
+    shard: Shard = field(default_factory=Shard)
 
     @property
     def key(self) -> str:
-        """Idempotency key: one rule version, one window."""
-        return f"train:{self.rule.name}:{self.rule.fingerprint()}:{round(self.window_end * 1000)}"
+        """Idempotency key: one rule version, one window, one shard."""
+        key = f"train:{self.rule.name}:{self.rule.fingerprint()}:{round(self.window_end * 1000)}"
+        return key if self.shard.whole else f"{key}:shard-{self.shard.index}-of-{self.shard.count}"
 
     def payload(self) -> dict[str, Any]:
         return {"rule": rule_to_dict(self.rule), "fingerprint": self.rule.fingerprint(),
                 "window_end": self.window_end,
-                "ongoing": [[base64.b64encode(key).decode(), e.after, e.since] for key, e in self.ongoing.items()]}
+                "ongoing": [[base64.b64encode(key).decode(), e.after, e.since] for key, e in self.ongoing.items()],
+                "shard": [self.shard.index, self.shard.count]}
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> TrainingJob:
         ongoing = {base64.b64decode(key): Ongoing(float(after), float(since))
                    for key, after, since in payload.get("ongoing", [])}
-        return cls(rule_from_dict(payload["rule"], payload["fingerprint"]), float(payload["window_end"]), ongoing)
+        index, count = payload.get("shard", [0, 1])
+        return cls(rule_from_dict(payload["rule"], payload["fingerprint"]), float(payload["window_end"]), ongoing,
+                   Shard(int(index), int(count)))
 
 
 @dataclass(frozen=True)
@@ -68,12 +75,14 @@ class TrainingOutcome:
 
 @dataclass(frozen=True)
 class BandsJob:
-    """Forecast bands from a stored model: `steps` points on the rule's grid from `start`."""
+    """Forecast bands from a stored model: `steps` points on the rule's grid from `start`; `shard`: the index of
+    the shard whose model it is (its names in the store)."""
 
     rule: Rule
     artifact: str
     start: float
     steps: int
+    shard: int = 0
 
     @property
     def key(self) -> str:
@@ -81,12 +90,13 @@ class BandsJob:
 
     def payload(self) -> dict[str, Any]:
         return {"rule": rule_to_dict(self.rule), "fingerprint": self.rule.fingerprint(), "artifact": self.artifact,
-                "start": self.start, "steps": self.steps}
+                "start": self.start, "steps": self.steps, "shard": self.shard}
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> BandsJob:
         rule = rule_from_dict(payload["rule"], payload["fingerprint"])
-        return cls(rule, str(payload["artifact"]), float(payload["start"]), int(payload["steps"]))
+        return cls(rule, str(payload["artifact"]), float(payload["start"]), int(payload["steps"]),
+                   int(payload.get("shard", 0)))
 
 
 def rule_to_dict(rule: Rule) -> dict[str, Any]:

@@ -253,3 +253,27 @@ def test_a_worker_whose_metrics_address_is_taken_says_so_and_exits(tmp_path):
                               capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "worker not started" in done.stderr and "address already in use" in done.stderr.lower()
+
+
+async def test_sharded_daemons_share_the_workers_and_each_serves_its_own_share(prometheus, tmp_path):
+    broker = broker_url("redis", tmp_path)
+    purge(broker)
+    env = worker_env(broker, prometheus, tmp_path, OA_CELERY_INFERENCE="always", OA_SHARD_COUNT="2")
+    replicas = [daemon_settings(env, tmp_path).with_overrides({"shard_index": i}) for i in range(2)]
+    with Worker(env, tmp_path / "training.log") as training, \
+            Worker(env, tmp_path / "inference.log", queue="inference") as inference:
+        training.wait_for_log("ready.")
+        inference.wait_for_log("ready.")
+        async with daemon(replicas[0]) as first, daemon(replicas[1]) as second:
+            pages = await asyncio.gather(*(wait_for_scores(f"{base}/metrics", "requests", timeout=120)
+                                           for base in (first, second)))
+            rules = [(await api_rules(base))[0] for base in (first, second)]
+        assert training.log().count("training job train:") == 2 and ":shard-1-of-2" in training.log()
+        assert "succeeded" in inference.log()
+    owned = [{s.labels["instance"] for s in page["oa_anomaly_score"] if s.labels["rule"] == "requests"}
+             for page in pages]
+    assert owned[0] and owned[1] and not owned[0] & owned[1] and len(owned[0] | owned[1]) == 19
+    assert sum(rule["shard"]["series"] for rule in rules) == rules[0]["shard"]["of"]  # every series, one shard each
+    assert [rule["series"]["ready"] for rule in rules] == [len(owned[0]), len(owned[1])]  # each fitted its share
+    folders = sorted(p.name for p in (tmp_path / "models").iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert folders == ["requests", "requests%40shard-1"]

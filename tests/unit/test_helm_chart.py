@@ -315,10 +315,19 @@ def test_shards_deploy_a_statefulset_whose_pods_read_the_count_from_a_configmap(
 
 def test_one_shard_stays_a_deployment_and_impossible_layouts_are_refused():
     assert "oa-openanomaly" in by_kind(render({"shards": 1}), "Deployment")
-    with pytest.raises(HelmError, match="shards > 1 needs dispatcher local or dask"):
-        render({**SHARDED, "dispatcher": "celery", "celery": {"broker": "redis://r:6379/0"}})
     with pytest.raises(HelmError, match="existingClaim"):
         render({"shards": 2, "persistence": {"enabled": True, "existingClaim": "mine"}})
+
+
+def test_shards_with_celery_workers_are_a_statefulset_beside_the_workers():
+    objects = render({**SHARDED, "dispatcher": "celery", "celery": {"broker": "redis://r:6379/0"}})
+    [daemon] = by_kind(objects, "StatefulSet").values()
+    assert daemon["spec"]["replicas"] == 3
+    workers = sorted(name for name in by_kind(objects, "Deployment") if "worker" in name)
+    assert workers == ["oa-openanomaly-worker-inference", "oa-openanomaly-worker-training"]
+    [container] = daemon["spec"]["template"]["spec"]["containers"]
+    assert env(container)["OA_DISPATCHER"] == "celery" and "OA_SHARD_COUNT_FILE" in env(container)
+    assert_settings_accept(env(container), "sharded celery")
 
 
 def test_the_dask_dispatcher_names_its_scheduler_and_shards_with_it():

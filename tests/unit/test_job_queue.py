@@ -14,7 +14,7 @@ import pytest
 from oa_exporter.adapters.engines.statsforecast import StatsForecastEngine
 from oa_exporter.adapters.stores.local import LocalArtifactStore
 from oa_exporter.adapters.telemetry.null import NullTelemetry
-from oa_exporter.bootstrap import engine_registry
+from oa_exporter.bootstrap import engine_registry, shard_trainers
 from oa_exporter.core.domain import Bands, Direction, ModelSpec, Rule
 from oa_exporter.core.errors import DispatchError, EngineError
 from oa_exporter.core.jobs import (
@@ -27,11 +27,14 @@ from oa_exporter.core.jobs import (
     rule_to_dict,
 )
 from oa_exporter.core.services.inferencer import Inferencer
-from oa_exporter.core.services.trainer import Trainer
 from oa_exporter.core.services.worker import JobWorker
-from tests.unit.fakes import FakeTsdb, InlineDispatcher, value
+from oa_exporter.core.sharding import Shard
+from oa_exporter.settings import Settings
+from tests.unit.fakes import FakeTsdb, InlineDispatcher, value, values
 from tests.unit.harness import END
 from tests.unit.test_runner import REQUESTS, SPIKED, fake_tsdb
+from tests.unit.test_sharding import RULES as SHARDED_RULES
+from tests.unit.test_sharding import many_series
 
 RULES = f"""
 groups:
@@ -70,9 +73,10 @@ class WorkerQueue:
 
 
 def job_worker(tsdb: FakeTsdb, models) -> tuple[JobWorker, InlineDispatcher]:
+    """A worker wired as `oa-exporter worker` wires it (a Trainer per shard), over a store of its own."""
     engines, store, dispatcher = engine_registry(), LocalArtifactStore(models), InlineDispatcher()
-    trainer = Trainer(tsdb, engines, store, dispatcher, NullTelemetry(), keep=3)
-    return JobWorker(trainer, engines, store), dispatcher
+    settings = Settings(artifact_keep=3, history_max_bytes=0)
+    return JobWorker(shard_trainers(settings, tsdb, store, dispatcher, engines), engines), dispatcher
 
 
 def a_rule(**changes) -> Rule:
@@ -87,6 +91,8 @@ def test_a_rule_travels_as_json_and_comes_back_with_its_fingerprint():
     assert again == rule and again.fingerprint() == rule.fingerprint()
     job = TrainingJob(rule, END)
     assert TrainingJob.from_payload(job.payload()) == job
+    sharded = TrainingJob(rule, END, shard=Shard(2, 3))
+    assert TrainingJob.from_payload(sharded.payload()) == sharded and sharded.key != job.key
 
 
 def test_a_worker_that_would_fit_another_rule_refuses_the_job():
@@ -155,7 +161,7 @@ async def test_band_refreshes_go_to_the_inference_queue_and_fall_back_here_when_
     queue = WorkerQueue(worker)
     rule = a_rule()
     outcome = await worker.train(TrainingJob(rule, END))
-    model = await worker.trainer.read(rule, outcome.artifact)
+    model = await worker.trainers(0).read(rule, outcome.artifact)
     engines = engine_registry()
     inferencer = Inferencer(tsdb, engines, NullTelemetry(), queue, offload=lambda r: True)
     remote = await inferencer.bands(rule, model, END + 30)
@@ -189,3 +195,31 @@ async def test_a_rule_whose_fit_is_still_running_is_not_queued_again(start_daemo
     await daemon.fits_done()
     await daemon.trained(END + 40 * 60)
     assert len(queue.trained) == 2 and daemon.fits("requests") == 2
+
+
+async def test_sharded_daemons_send_their_shares_to_the_workers_and_keep_their_models_apart(start_daemon, tmp_path,
+                                                                                              caplog):
+    tsdb = many_series()  # 60 series
+    worker, worker_fits = job_worker(tsdb, tmp_path / "models")
+    queue = WorkerQueue(worker)
+    options = dict(queue=queue, dispatcher="celery", celery_broker="redis://unused", celery_inference="always",
+                   shard_count=2)
+    replicas = [await start_daemon(SHARDED_RULES, tsdb, shard_index=i, **options) for i in range(2)]
+    with caplog.at_level(logging.WARNING):
+        pages = [await replica.trained() for replica in replicas]
+    owned = [set(values(page, "oa_anomaly_score", rule="requests")) for page in pages]
+    assert owned[0] and owned[1] and not owned[0] & owned[1] and len(owned[0] | owned[1]) == 60
+    assert [job.shard for job in queue.trained] == [Shard(0, 2), Shard(1, 2)] and worker_fits.jobs == 2
+    assert all(replica.dispatcher.jobs == 0 for replica in replicas)  # fitted on the worker, not in the daemons
+    for i, replica in enumerate(replicas):  # each model covers its shard's series only, under the shard's name
+        stored, _ = await worker.trainers(i).store.get(replica.api()["requests"].artifact)
+        assert {labels["instance"] for labels in stored.labels} == owned[i]
+    assert {job.shard for job in queue.banded} == {0, 1}  # band refreshes too, each from its shard's model
+    assert "inference queue failed" not in caplog.text
+    folders = sorted(p.name for p in (tmp_path / "models").iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert folders == ["requests", "requests%40shard-1"]
+
+    again = await start_daemon(SHARDED_RULES, tsdb, shard_index=1, **options)  # shard 1 restarted
+    page = await again.trained()
+    assert set(values(page, "oa_anomaly_score", rule="requests")) == owned[1]
+    assert len(queue.trained) == 2  # it loaded its own stored model: no job

@@ -59,6 +59,7 @@ class Inferencer:
         self.telemetry = telemetry
         self.queue = queue  # where band refreshes of the rules `offload` picks go (the inference queue)
         self.offload = offload
+        self.shard = 0  # this replica's shard index: whose names its models have in the store (band jobs say it)
 
     async def bands(self, rule: Rule, model: Model, now: float) -> Bands:
         """Bands from the grid point at or before `now` to one horizon (and a cycle) ahead."""
@@ -66,7 +67,7 @@ class Inferencer:
         steps = int(math.ceil(rule.horizon / rule.step)) + 1
         if self.queue is not None and model.artifact and self.offload(rule):
             try:
-                return await self.queue.bands(BandsJob(rule, model.artifact, start, steps))
+                return await self.queue.bands(BandsJob(rule, model.artifact, start, steps, self.shard))
             except OAError as e:  # the model is loaded here too: forecast locally rather than score nothing
                 log.warning("rule %s: the inference queue failed, forecasting here: %s", rule.name, e)
         engine = self.engines[rule.model.engine]

@@ -11,22 +11,25 @@ from ..errors import ArtifactError
 from ..excursions import Ongoing
 from ..jobs import TrainingJob
 from ..ports import JobQueue
+from ..sharding import Shard
 from .trainer import Trainer
 
 
 class QueuedTrainer(Trainer):
-    """A Trainer whose `train` hands the whole job (query, fit, store) to a worker through a JobQueue."""
+    """A Trainer whose `train` hands the whole job (query, fit, store) to a worker through a JobQueue; a sharded
+    daemon's job names its shard, so the worker fits that share and stores it under the shard's names."""
 
     def __init__(self, *args: Any, queue: JobQueue, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.queue = queue
 
-    async def train(self, rule: Rule, now: float, ongoing: Mapping[SeriesKey, Ongoing] | None = None) -> Model:
+    async def train(self, rule: Rule, now: float, ongoing: Mapping[SeriesKey, Ongoing] | None = None,
+                    shard: Shard | None = None) -> Model:
         """Queue the job (the excursions in progress with it), wait for the worker, load its model; the outcome
         is recorded as a local fit's is."""
         started = time.perf_counter()
         try:
-            outcome = await self.queue.train(TrainingJob(rule, now, dict(ongoing or {})))
+            outcome = await self.queue.train(TrainingJob(rule, now, dict(ongoing or {}), shard or self.shard))
             model = await self.read(rule, outcome.artifact) if outcome.artifact else None
             if model is None:
                 raise ArtifactError(f"the worker's model {outcome.artifact or '(not stored)'} could not be loaded "

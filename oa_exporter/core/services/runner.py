@@ -122,6 +122,7 @@ class Runner:
             return
         log.info("shard %d of %d (was %d of %d)", shard.index, shard.count, self.shard.index, self.shard.count)
         self.shard = self.trainer.shard = shard
+        self.inferencer.shard = shard.index
         for slot in self.slots.values():
             slot.resharded = True
         self.telemetry.shard_layout(shard.index, shard.count)

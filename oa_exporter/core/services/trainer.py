@@ -54,11 +54,13 @@ class Trainer:
         self.shard = Shard()  # the series this replica fits: its share of every rule's (a reload may change it)
         self._orphans_checked = -math.inf
 
-    async def train(self, rule: Rule, now: float, ongoing: Mapping[SeriesKey, Ongoing] | None = None) -> Model:
+    async def train(self, rule: Rule, now: float, ongoing: Mapping[SeriesKey, Ongoing] | None = None,
+                    shard: Shard | None = None) -> Model:
         """Query the training window, fit every series with enough history, store the model; record the outcome.
-        `ongoing`: the rule's excursions in progress, held back from the fit while younger than new_normal_after."""
+        `ongoing`: the rule's excursions in progress, held back from the fit while younger than new_normal_after;
+        `shard`: whose series to fit (default: this replica's; a worker fits the shard its job names)."""
         try:
-            model, series = await self._fit(rule, now, ongoing)
+            model, series = await self._fit(rule, now, ongoing, shard or self.shard)
         except Exception as e:
             await self._record(rule, error=str(e) or type(e).__name__)
             raise
@@ -138,9 +140,9 @@ class Trainer:
         """Drop what is kept in memory about a removed rule (its stored models and record stay)."""
         self.records.pop(rule, None)
 
-    async def _fit(self, rule: Rule, now: float,
-                   ongoing: Mapping[SeriesKey, Ongoing] | None) -> tuple[Model, dict[str, int]]:
-        history = select_history(await self._history(rule, now), self.shard)
+    async def _fit(self, rule: Rule, now: float, ongoing: Mapping[SeriesKey, Ongoing] | None,
+                   shard: Shard) -> tuple[Model, dict[str, int]]:
+        history = select_history(await self._history(rule, now), shard)
         eligible = np.flatnonzero(history_span(history) >= rule.min_history)
         # every series ready (the usual case): fit the query result itself, not a copy of it (1.5 GB at 50k series)
         selected = history if len(eligible) == len(history.keys) else history.select(eligible)

@@ -112,9 +112,6 @@ app.kubernetes.io/part-of: openanomaly
 {{- fail (printf "shards must be 1 or more, not %v" .Values.shards) -}}
 {{- end -}}
 {{- if gt (int .Values.shards) 1 -}}
-{{- if eq .Values.dispatcher "celery" -}}
-{{- fail "shards > 1 needs dispatcher local or dask: celery workers fit whole rules, not one shard's series" -}}
-{{- end -}}
 {{- if .Values.persistence.existingClaim -}}
 {{- fail "shards > 1 cannot share persistence.existingClaim: each shard gets a claim of its own" -}}
 {{- end -}}
