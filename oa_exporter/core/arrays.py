@@ -1,5 +1,11 @@
 """Row-wise numpy helpers for (series × time) matrices: NaN-aware medians, quantiles, ranges, grouped
-medians, trailing means and lags. Every function works on all rows at once."""
+medians, trailing means and lags. Every function works on all rows at once.
+
+They are the model's inner loops (a preview refits a rule's whole window every hour it replays), so each
+does the least work that gives the straightforward version's result bit for bit (tests/arrays_reference.py
+keeps those; tests/unit/test_arrays.py compares, bench/arrays.py times both): a median selects two order
+statistics instead of sorting the row, windows and groups are column slices and reshapes, not index arrays.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,40 @@ import numpy as np
 
 
 def nanmedian(values: np.ndarray) -> np.ndarray:
-    """NaN-ignoring median over the last axis (NaN where all are NaN), by one sort."""
-    return nanquantile_last(values, np.array([0.5]))[..., 0]
+    """NaN-ignoring median over the last axis (NaN where all are NaN).
+
+    The two middle order statistics, low and high, of each row's v values by one selection (np.partition
+    at the upper one; the lower is the largest value before it), then low + (high - low) * fraction, the
+    same arithmetic as nanquantile_last at 0.5. A selection needs one rank for all the rows it works on, so
+    rows are taken together by their count of values: one group when no row has gaps.
+    """
+    width = values.shape[-1]
+    if width == 0:
+        return np.full(values.shape[:-1], np.nan)
+    rows = values.reshape(-1, width)
+    valid = np.count_nonzero(~np.isnan(rows), axis=1)
+    counts = np.unique(valid[valid > 0]).tolist()
+    if len(counts) == 1 and valid.min() == counts[0]:  # no gaps, or as many in every row: all rows at once
+        return _middle(rows, counts[0]).reshape(values.shape[:-1])
+    result = np.full(rows.shape[0], np.nan)
+    for count in counts:
+        picked = np.flatnonzero(valid == count)
+        result[picked] = _middle(rows[picked], count)
+    return result.reshape(values.shape[:-1])
+
+
+def _middle(rows: np.ndarray, count: int) -> np.ndarray:
+    """The median of rows that each hold `count` values (NaN after them once sorted)."""
+    position = 0.5 * (count - 1)
+    below = int(np.floor(position))
+    above = min(below + 1, count - 1)
+    if above == 0:  # one value
+        low = high = np.nanmin(rows, axis=1)
+    else:
+        selected = np.partition(rows, above, axis=1)
+        high = selected[:, above]
+        low = np.max(selected[:, :above], axis=1)
+    return low + (high - low) * (position - below)
 
 
 def nanmean(values: np.ndarray) -> np.ndarray:
@@ -43,30 +81,58 @@ def nanquantile_last(values: np.ndarray, probabilities: np.ndarray) -> np.ndarra
 
 
 def group_nanmedian(values: np.ndarray, groups: np.ndarray, count: int) -> np.ndarray:
-    """Median of each row over the columns of each group: (series, count); NaN where a group is empty."""
+    """Median of each row over the columns of each group: (series, count); NaN where a group is empty.
+
+    The columns are gathered group after group into (series, count, size), padded with NaN where a group
+    has fewer than the largest; where all groups are the same size (a window of whole cycles, or a single
+    group) that is one reshape of the gathered columns, without padding.
+    """
     order = np.argsort(groups, kind="stable")
     sizes = np.bincount(groups, minlength=count)
+    width = max(int(sizes.max()), 1)
+    if count == 1 and values.shape[1] > 0:  # one group: the row itself, in its own order
+        return nanmedian(values)[:, None]
+    if (sizes == width).all():  # np.take, not values[:, order]: rows that stay contiguous for the selection
+        return nanmedian(np.take(values, order, axis=1).reshape(values.shape[0], count, width))
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     rank = np.arange(len(order)) - starts[groups[order]]
-    index = np.full((count, max(int(sizes.max()), 1)), values.shape[1])  # pad points at a NaN column
+    index = np.full((count, width), -1)
     index[groups[order], rank] = order
-    padded = np.concatenate([values, np.full((values.shape[0], 1), np.nan)], axis=1)
-    return nanmedian(padded[:, index])
+    padding = np.nonzero(index < 0)
+    grouped = np.take(values, np.maximum(index, 0), axis=1) if values.shape[1] else \
+        np.empty((values.shape[0], count, width))
+    grouped[:, padding[0], padding[1]] = np.nan  # a smaller group is padded with gaps
+    return nanmedian(grouped)
 
 
 def trailing_mean(values: np.ndarray, window: int, fallback: np.ndarray | None = None) -> np.ndarray:
     """Mean of the `window` points before each point (NaN-aware); where there is none, `fallback` (default:
     the point's own value: the first point)."""
     present = ~np.isnan(values)
-    sums = np.concatenate([np.zeros((values.shape[0], 1)), np.cumsum(np.where(present, values, 0), axis=1)], 1)
-    counts = np.concatenate([np.zeros((values.shape[0], 1)), np.cumsum(present, axis=1)], axis=1)
-    end = np.arange(values.shape[1])
-    begin = np.maximum(end - window, 0)
-    total = sums[:, end] - sums[:, begin]
-    number = counts[:, end] - counts[:, begin]
+    if present.all():  # no gaps: as many points before each as the window holds, or as there are
+        total = _trailing_sum(values, window)
+        number: np.ndarray = np.minimum(np.arange(values.shape[1]), max(window, 0))
+    else:
+        total = _trailing_sum(np.where(present, values, 0.0), window)
+        number = _trailing_sum(present, window, np.int32)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = total / number
-    return np.where(number > 0, mean, values if fallback is None else fallback)
+        mean = np.divide(total, number, out=total)
+    np.copyto(mean, values if fallback is None else fallback, where=number == 0)
+    return mean
+
+
+def _trailing_sum(values: np.ndarray, window: int, dtype: type = np.float64) -> np.ndarray:
+    """Sum of the `window` columns before each column (0 for the first), from the running sum R (in `dtype`,
+    float64 by default): column j is R[j-1] - R[j-1-window], the second term only once there is one. Column
+    slices, no index arrays."""
+    running: np.ndarray = np.cumsum(values, axis=1, dtype=dtype)
+    total: np.ndarray = np.empty(values.shape, dtype)
+    columns, lead = values.shape[1], max(window, 0) + 1
+    total[:, :1] = 0
+    total[:, 1:lead] = running[:, : min(lead, columns) - 1]
+    if lead < columns:
+        np.subtract(running[:, lead - 1 : -1], running[:, : columns - lead], out=total[:, lead:])
+    return total
 
 
 def lagged(values: np.ndarray, lag: int) -> np.ndarray:
