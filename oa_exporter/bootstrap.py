@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -456,7 +457,8 @@ def bootstrap(
     limits = PreviewLimits(settings.preview_max_series, settings.preview_max_points, settings.preview_timeout)
     return App(settings, rules_store, tsdb, dispatcher, telemetry, page, runner, clock, store,
                output=output, queue=queue, editor=editor, watch=watch,
-               previewer=Previewer(tsdb, _replay_in(preview_pool), limits, clock), preview_pool=preview_pool,
+               previewer=Previewer(tsdb, _replay_in(preview_pool, preview_threads(settings)), limits, clock),
+               preview_pool=preview_pool,
                shards=lambda: shard_layout(settings))
 
 
@@ -464,18 +466,34 @@ def _unwatched(poke: Callable[[], object]) -> Callable[[], None]:
     return lambda: None
 
 
-def _replay_in(pool: LocalPoolDispatcher) -> Callable[[Rule, SeriesMatrix, Samples, float], Awaitable[Replay]]:
+def _replay_in(pool: LocalPoolDispatcher,
+               threads: int) -> Callable[[Rule, SeriesMatrix, Samples, float], Awaitable[Replay]]:
     """Previews replayed in a child process of their own pool: killable at the time limit, never on the loop."""
 
     async def run(rule: Rule, history: SeriesMatrix, samples: Samples, timeout: float) -> Replay:
-        return await pool.run(replay_in_child, rule, history, samples)
+        return await pool.run(replay_in_child, rule, history, samples, threads)
 
     return run
 
 
-def replay_in_child(rule: Rule, history: SeriesMatrix, samples: Samples) -> Replay:
-    """Replay one rule over history held in memory (in a worker process) with the daemon's services."""
-    return asyncio.run(backtester(history).replay(rule, samples))
+def preview_threads(settings: Settings) -> int:
+    """Threads one preview fits on: --preview.threads, or every core (0): the preview's process runs at the
+    pool's lower priority, so the event loop and its scrapes still come first."""
+    return settings.preview_threads or os.cpu_count() or 1
+
+
+def replay_in_child(rule: Rule, history: SeriesMatrix, samples: Samples, threads: int = 1) -> Replay:
+    """Replay one rule over history held in memory (in a worker process) with the daemon's services, its
+    refits on `threads` threads (see backtester)."""
+
+    async def replay() -> Replay:
+        tool = backtester(history, threads)
+        try:
+            return await tool.replay(rule, samples)
+        finally:
+            await tool.close()
+
+    return asyncio.run(replay())
 
 
 def shard_layout(settings: Settings) -> Shard:
@@ -588,12 +606,15 @@ def shard_trainers(settings: Settings, tsdb: TsdbClient, store: ArtifactStore, d
     return trainer_of
 
 
-def backtester(history: SeriesMatrix) -> Backtester:
+def backtester(history: SeriesMatrix, threads: int = 1) -> Backtester:
     """The daemon's Trainer and Inferencer over history held in memory: fits run inline (a backtest job is
-    already a worker), models are kept in memory, telemetry goes nowhere."""
+    already a worker), or with `threads` > 1 that many at once on threads of this process, the next refits
+    started ahead of the replay (the same fits: see FitsAhead); models are kept in memory, telemetry goes
+    nowhere."""
     import typing
 
     from .adapters.dispatch.inline import InlineDispatcher
+    from .adapters.dispatch.threads import ThreadDispatcher
     from .adapters.telemetry.null import NullTelemetry
     from .adapters.tsdb.replay import ReplayTsdb
     from .core.ports import Telemetry
@@ -601,8 +622,9 @@ def backtester(history: SeriesMatrix) -> Backtester:
 
     engines = engine_registry()
     tsdb, telemetry = ReplayTsdb(history), typing.cast(Telemetry, NullTelemetry())
-    trainer = Trainer(tsdb, engines, NoopArtifactStore(), InlineDispatcher(), telemetry, keep=1)
-    return Backtester(trainer, Inferencer(tsdb, engines, telemetry))
+    dispatcher: JobDispatcher = ThreadDispatcher(threads) if threads > 1 else InlineDispatcher()
+    trainer = Trainer(tsdb, engines, NoopArtifactStore(), dispatcher, telemetry, keep=1)
+    return Backtester(trainer, Inferencer(tsdb, engines, telemetry), ahead=threads if threads > 1 else 0)
 
 
 def _problems_of(error: Exception) -> list[str]:

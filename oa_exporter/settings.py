@@ -24,8 +24,8 @@ WORKER_ONLY = frozenset({"worker_listen_address"})
 RUN_ONLY = frozenset({
     "config_store", "config_postgres_dsn", "rules", "rules_poll_interval", "web_listen_address", "web_enable_lifecycle",
     "web_enable_rules_api", "web_allowed_hosts", "preview_max_series", "preview_max_points", "preview_timeout",
-    "model_engine", "dispatcher", "pool_workers", "dask_scheduler", "celery_inference", "shard_count", "shard_index",
-    "shard_count_file", "output_mode",
+    "preview_threads", "model_engine", "dispatcher", "pool_workers", "dask_scheduler", "celery_inference",
+    "shard_count", "shard_index", "shard_count_file", "output_mode",
 })
 
 
@@ -89,6 +89,8 @@ class Settings:
         "points (series x steps, the train.window before the range included) one preview may read"))
     preview_timeout: float = field(default=60.0, metadata=_opt(
         "--preview.timeout", "OA_PREVIEW_TIMEOUT", "seconds a preview may run before it is stopped (504)"))
+    preview_threads: int = field(default=0, metadata=_opt(
+        "--preview.threads", "OA_PREVIEW_THREADS", "threads one preview fits its refits on (0 = cores)"))
     worker_listen_address: str = field(default="", metadata=_opt(
         "--worker.listen-address", "OA_WORKER_LISTEN_ADDRESS",
         "where `oa-exporter worker` serves its own /metrics and /-/healthy, e.g. :10101 (empty: nowhere)"))

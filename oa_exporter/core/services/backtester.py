@@ -20,6 +20,7 @@ import numpy as np
 from ..domain import InstantVector, Rule, SeriesKey
 from ..durations import iso_time
 from ..errors import OAError
+from .fits_ahead import FitsAhead
 from .inferencer import Forecasts, Inferencer
 from .runner import RuleSlot
 from .trainer import Trainer
@@ -112,11 +113,16 @@ class SeriesSummary:
 
 
 class Backtester:
-    """Replays rules through a Trainer and an Inferencer wired to a TSDB that holds the past."""
+    """Replays rules through a Trainer and an Inferencer wired to a TSDB that holds the past.
 
-    def __init__(self, trainer: Trainer, inferencer: Inferencer):
+    `ahead`: refits started before the replay reaches them (see FitsAhead), for a Trainer whose dispatcher
+    runs fits side by side; 0 fits each one when it is due.
+    """
+
+    def __init__(self, trainer: Trainer, inferencer: Inferencer, ahead: int = 0):
         self.trainer = trainer
         self.inferencer = inferencer
+        self.ahead = ahead
 
     async def replay(self, rule: Rule, samples: Samples, interval: float | None = None) -> Replay:
         """Score every cycle of `samples` in time order; `interval` is the cadence the fit schedule assumes
@@ -125,22 +131,31 @@ class Backtester:
         yhat, lower, upper, score = (np.full(shape, np.nan) for _ in range(4))
         slot, fits, errors = RuleSlot(rule), 0, list[str]()
         cadence = interval or rule.step
-        for cycle, now in enumerate(samples.times.tolist()):
-            if await self._refresh(slot, now, errors):
-                rows, vector = samples.at(cycle)
-                scores = self.inferencer.score(rule, vector, slot.forecasts, slot.repeats)
-                for target, source in ((yhat, scores.yhat), (lower, scores.lower), (upper, scores.upper),
-                                       (score, scores.score)):
-                    target[rows, cycle] = source
-                slot.unmodelled = int(scores.ready.size - np.count_nonzero(scores.ready))
-                slot.excursions.observe(scores)
-            if slot.fit_due(now, cadence):
-                error = await self._fit(slot, now)
-                fits += error is None
-                if error is not None:
-                    errors.append(error)
+        ahead = FitsAhead(self.trainer, rule, samples.times, self.ahead)
+        try:
+            for cycle, now in enumerate(samples.times.tolist()):
+                if await self._refresh(slot, now, errors):
+                    rows, vector = samples.at(cycle)
+                    scores = self.inferencer.score(rule, vector, slot.forecasts, slot.repeats)
+                    for target, source in ((yhat, scores.yhat), (lower, scores.lower), (upper, scores.upper),
+                                           (score, scores.score)):
+                        target[rows, cycle] = source
+                    slot.unmodelled = int(scores.ready.size - np.count_nonzero(scores.ready))
+                    slot.excursions.observe(scores)
+                if slot.fit_due(now, cadence):
+                    error = await self._fit(slot, now, ahead)
+                    ahead.plan(now, slot.next_fit(cadence))
+                    fits += error is None
+                    if error is not None:
+                        errors.append(error)
+        finally:
+            await ahead.close()
         return Replay(rule, samples.keys, samples.labels, samples.times, samples.values, yhat, lower, upper, score,
                       fits, errors)
+
+    async def close(self) -> None:
+        """Stop the Trainer's dispatcher (its threads, if it has any)."""
+        await self.trainer.dispatcher.close()
 
     async def _refresh(self, slot: RuleSlot, now: float, errors: list[str]) -> bool:
         """Bands renewed when due; False when that failed: as in the runner, the cycle is not scored (NaN)."""
@@ -156,11 +171,13 @@ class Backtester:
         slot.forecasts = Forecasts(forecasts.model, bands, forecasts.index)
         return True
 
-    async def _fit(self, slot: RuleSlot, now: float) -> str | None:
-        """Fit as the runner does; a failure is kept (and retried on the runner's backoff), never raised."""
+    async def _fit(self, slot: RuleSlot, now: float, ahead: FitsAhead) -> str | None:
+        """Fit as the runner does (or take the fit started ahead for this time: the same); a failure is kept
+        (and retried on the runner's backoff), never raised."""
         slot.last_fit_attempt = now
         try:
-            model = await self.trainer.train(slot.rule, now, slot.excursions.ongoing())
+            fitting = ahead.take(now) or self.trainer.fit(slot.rule, now, slot.excursions.ongoing())
+            model = await self.trainer.adopt(slot.rule, fitting)
             slot.forecasts = Forecasts.of(model, await self.inferencer.bands(slot.rule, model, now))
         except Exception as e:  # as the runner: one failed fit never ends the replay
             slot.failures += 1

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -59,8 +59,18 @@ class Trainer:
         """Query the training window, fit every series with enough history, store the model; record the outcome.
         `ongoing`: the rule's excursions in progress, held back from the fit while younger than new_normal_after;
         `shard`: whose series to fit (default: this replica's; a worker fits the shard its job names)."""
+        return await self.adopt(rule, self.fit(rule, now, ongoing, shard))
+
+    async def fit(self, rule: Rule, now: float, ongoing: Mapping[SeriesKey, Ongoing] | None = None,
+                  shard: Shard | None = None) -> tuple[Model, dict[str, int]]:
+        """What `train` fits, neither stored nor recorded: the model and its series per state. Several may
+        run at once (a backtest fits ahead); `adopt` then keeps each, in order."""
+        return await self._fit(rule, now, ongoing, shard or self.shard)
+
+    async def adopt(self, rule: Rule, fitting: Awaitable[tuple[Model, dict[str, int]]]) -> Model:
+        """Await a fit (from `fit`, perhaps started earlier), store its model and record the outcome."""
         try:
-            model, series = await self._fit(rule, now, ongoing, shard or self.shard)
+            model, series = await fitting
         except Exception as e:
             await self._record(rule, error=str(e) or type(e).__name__)
             raise
