@@ -24,6 +24,7 @@ from oa_exporter.core.jobs import TrainingJob
 from oa_exporter.entrypoints.daemon import serve
 from oa_exporter.settings import Settings
 from tests.integration.test_daemon_prometheus import samples, scrape, value, wait_for_scores
+from tests.proxy import CountingProxy
 from tests.servers import PrometheusServer, free_port
 from tests.synthetic import Scenario
 from tests.workers import SYSTEM_RABBITMQ, SYSTEM_REDIS, RedisServer, Worker, reachable
@@ -134,6 +135,39 @@ async def test_the_daemon_queues_fits_and_serves_the_workers_models(kind, promet
     assert value(found, "oa_fits_total", rule="requests") >= 1
 
 
+REFITTING = RULES.replace("every: 1d", "every: 20s")
+
+
+async def test_workers_resume_each_rules_history_from_the_model_directory_they_share(prometheus, tmp_path):
+    """A rule's fits on one worker, then on another started after it stopped (the next worker to take the rule,
+    or a restart): after the very first fit, every fit reads from the TSDB only what is new, whichever worker
+    it runs on, through the history kept beside the models (.history in the shared --artifact.dir)."""
+    broker = broker_url("redis", tmp_path)
+    purge(broker)
+    proxy = await CountingProxy(prometheus.url).start()  # counts what the workers' range reads return
+    env = worker_env(broker, prometheus, tmp_path, OA_PROMETHEUS_URL=proxy.url, OA_HISTORY_DIR="",
+                     OA_CELERY_VISIBILITY_TIMEOUT="6")  # a job lost with the first worker goes to the second
+    try:
+        async with daemon(daemon_settings(env, tmp_path, REFITTING)) as base:
+            with Worker(env, tmp_path / "one.log"):
+                await wait_for_metric(base, "oa_fits_total", lambda v: v >= 1, timeout=120, rule="requests")
+                whole = proxy.counts.range_samples
+                proxy.counts.reset()
+                fits = await wait_for_metric(base, "oa_fits_total", lambda v: v >= 3, timeout=120, rule="requests")
+            one_read = proxy.counts.range_samples
+            with Worker(env, tmp_path / "other.log") as other:
+                done = await wait_for_metric(base, "oa_fits_total", lambda v: v >= fits + 2, timeout=120,
+                                             rule="requests")
+                assert "training job" in other.log()
+            refits = done - 1
+    finally:
+        await proxy.close()
+    assert 0.7 * 20 * 4320 < whole <= 20 * 4321  # the first fit read the window once
+    assert (tmp_path / "models" / ".history").is_dir()
+    assert one_read <= 10 * 20 * (fits - 1), one_read  # a few columns a series a refit, not 4,320
+    assert proxy.counts.range_samples <= 10 * 20 * refits, (proxy.counts.range_samples, whole)  # both workers
+
+
 def slow_rule() -> Rule:
     """AutoETS on every series: seconds of work, long enough to kill the worker in the middle of it."""
     return Rule(name="slow", group="g", expr="oa_test_requests", step=60.0, model=ModelSpec("statsforecast", "AutoETS"),
@@ -184,12 +218,12 @@ async def test_broker_down_keeps_the_models_scoring_and_dispatch_resumes_when_it
 
 
 async def wait_for_metric(base: str, name: str, ok, timeout: float = 90.0, **labels: str) -> float:
-    deadline = time.monotonic() + timeout
+    deadline, current = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
-        found = await scrape(f"{base}/metrics")
-        current = value(found, name, **labels)
-        if current is not None and ok(current):
-            return current
+        with contextlib.suppress(aiohttp.ClientConnectionError):  # the daemon's port not open yet
+            current = value(await scrape(f"{base}/metrics"), name, **labels)
+            if current is not None and ok(current):
+                return current
         await asyncio.sleep(0.5)
     raise AssertionError(f"{name}{labels} never satisfied the condition; last {current}")
 

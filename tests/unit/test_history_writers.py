@@ -124,13 +124,13 @@ async def test_a_write_that_rewrites_every_block_removes_the_meta_first(tmp_path
     seen = await store.state("r")
     puts = []
 
-    def crash_on_second_block(rule, name, data):
+    def crash_on_second_block(rule, name, block):
         puts.append(name)
         if len(puts) == 2:
             raise OSError("disk gone")
-        LocalHistoryStore._put(store, rule, name, data)
+        LocalHistoryStore._put_block(store, rule, name, block)
 
-    monkeypatch.setattr(store, "_put", crash_on_second_block)
+    monkeypatch.setattr(store, "_put_block", crash_on_second_block)
     with pytest.raises(OSError):  # the rows move (series "a" dropped): a crash half-way through
         await store.write("r", replace(seen, keys=keys[1:], labels=seen.labels[1:]), values[1:], first, first)
     assert await LocalHistoryStore(tmp_path, 2**30).state("r") is None  # no mix of old table and new blocks

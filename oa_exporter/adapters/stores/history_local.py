@@ -6,9 +6,10 @@
                         block-<b>.npy    rows × 256 columns: absolute grid columns 256·b ... 256·b + 255
 
 The layout sits on five blob operations (get, put, delete, list a rule's blocks, sizes of every rule's), which
-the S3 store provides over a bucket prefix. A refit rewrites only the blocks its new columns fall in, and
-deletes those that left the window. The disk budget covers every rule's blocks; a write that would exceed it
-is refused.
+the S3 store provides over a bucket prefix; blocks go through two more (get and put an array), which here
+read and write the file directly and there go through bytes. A refit rewrites only the blocks its new columns
+fall in, and deletes those that left the window. The disk budget covers every rule's blocks; a write that
+would exceed it is refused.
 
 Several processes may share the directory (two daemons, or a daemon and Celery workers on one volume):
 - each blob is written to a temporary file of its own (process id and a random part) and renamed over the
@@ -29,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
-import io
 import os
 import re
 import secrets
@@ -112,6 +112,26 @@ class LocalHistoryStore:
     def _delete(self, rule: str, name: str) -> None:
         (self._path(rule) / name).unlink(missing_ok=True)
 
+    def _get_block(self, rule: str, name: str) -> np.ndarray | None:
+        """A block read straight from its file into its array."""
+        try:
+            return np.load(self._path(rule) / name)
+        except FileNotFoundError:
+            return None
+
+    def _put_block(self, rule: str, name: str, block: np.ndarray) -> None:
+        """A block written straight from its array to a file of this writer's own, renamed into place (no copy
+        of it in memory, and no Python between the two: the fit beside it keeps the interpreter)."""
+        path = self._path(rule) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        try:
+            with temporary.open("wb") as file:
+                np.save(file, block)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+
     def _blocks(self, rule: str) -> dict[str, int]:
         """The rule's block names and their sizes in bytes."""
         return {path.name: path.stat().st_size for path in self._path(rule).glob("block-*.npy")}
@@ -166,13 +186,12 @@ class LocalHistoryStore:
     def _read_blocks(self, rule: str, out: np.ndarray, first_column: int) -> None:
         end = first_column + out.shape[1]
         for block in range(first_column // BLOCK, (end - 1) // BLOCK + 1):
-            data = self._get(rule, f"block-{block}.npy")
-            if data is None:
-                continue
             try:
-                stored = np.load(io.BytesIO(data))
-            except (ValueError, OSError) as e:
+                stored = self._get_block(rule, f"block-{block}.npy")
+            except (ValueError, OSError, EOFError) as e:
                 raise HistoryError(f"{rule_folder(rule)}: unreadable block {block}: {e}") from e
+            if stored is None:
+                continue
             low, high = max(block * BLOCK, first_column), min((block + 1) * BLOCK, end)
             rows, offset = min(len(stored), len(out)), block * BLOCK
             out[:rows, low - first_column : high - first_column] = stored[:rows, low - offset : high - offset]
@@ -188,9 +207,7 @@ class LocalHistoryStore:
             self._delete(rule, "meta.json")  # a crash while every block is rewritten leaves no mix of two
         for block in blocks:
             if (block + 1) * BLOCK > changed_from:
-                buffer = io.BytesIO()
-                np.save(buffer, _block(values, first_column, block))
-                self._put(rule, f"block-{block}.npy", buffer.getvalue())
+                self._put_block(rule, f"block-{block}.npy", _block(values, first_column, block))
         stored = self._blocks(rule)
         for name in list(stored):
             if int(name.removeprefix("block-").removesuffix(".npy")) not in blocks:

@@ -9,12 +9,14 @@ window; two writes of one rule at the same moment can still interleave their blo
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import boto3
+import numpy as np
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -55,6 +57,15 @@ class S3HistoryStore(LocalHistoryStore):
             self._s3().put_object(Bucket=self.bucket, Key=self._key(rule, name), Body=data)
         except FAILURES as e:
             raise self._failed(e, f"writing {name}") from e
+
+    def _get_block(self, rule: str, name: str) -> np.ndarray | None:
+        data = self._get(rule, name)
+        return None if data is None else np.load(io.BytesIO(data))
+
+    def _put_block(self, rule: str, name: str, block: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, block)
+        self._put(rule, name, buffer.getvalue())
 
     def _delete(self, rule: str, name: str) -> None:
         try:
