@@ -7,8 +7,9 @@ One rule with `preset: default` (train.window 56 d, train.every 1 h) over 5-minu
 of an in-memory TSDB that generates the samples. Two ways side by side in the same run: the history store
 (--history.dir: a refit reads what is new plus the overlap) and full-window refits (no history store). Also
 printed: the first fit's read time both ways (the store writes the window once), the store's disk use, and
-the peak memory a steady-state refit's read allocates (tracemalloc). The store's write of a read runs beside
-the fit that follows it (the fit does not wait); it is timed on its own. The last line is one JSON object.
+the peak memory a steady-state refit's read allocates (tracemalloc). The store's write of a read begins once
+the fit that follows it is over (the fit does not wait); it is timed on its own. The last line is one JSON
+object.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ async def measure(series: int, window: float, hours: int, kept: bool) -> dict[st
         await read(T0)
         first_fit_s = time.perf_counter() - started
         started = time.perf_counter()
-        await reader.settle()  # the store write, which runs beside the first fit
+        await reader.settle()  # the store write, which begins once the first fit is over
         write_s = time.perf_counter() - started
         tsdb.samples = 0
         steady_s, peak = 0.0, 0
@@ -128,7 +129,7 @@ async def main() -> None:
               f"{full['read_per_hour']:,.0f}/h = {full['ratio']:,.0f}x")
         print(f"{'':>15}first fit's read {kept['first_fit_read_s']:.2f} s with the store vs "
               f"{full['first_fit_read_s']:.2f} s without ({kept['first_fit_read_s'] / full['first_fit_read_s']:.2f}x),"
-              f" then {kept['first_write_s']:.2f} s writing the window beside the fit; a refit's read and write "
+              f" then {kept['first_write_s']:.2f} s writing the window after the fit; a refit's read and write "
               f"{kept['refit_read_s']:.2f} s vs a full-window read {full['refit_read_s']:.2f} s")
         print(f"{'':>15}store on disk {kept['disk_mb']:,.0f} MB ({kept['disk_mb'] / series * 1e5 / 1024:.1f} GB per "
               f"100k series); peak allocated by a refit's read {kept['refit_peak_mb']:,.0f} MB with the store vs "

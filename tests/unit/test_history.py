@@ -180,3 +180,22 @@ async def test_samples_held_back_from_a_fit_stay_in_the_stored_history(tmp_path)
     kept = by_key(await reader.read(RULE, *window(clock.now)))
     full = by_key(await tsdb.query_range("load", *window(clock.now), STEP))
     np.testing.assert_array_equal(kept[first], full[first])  # nothing of the held-back hour was lost
+
+
+async def test_the_store_keeps_the_window_once_the_fit_is_over_never_beside_it(tmp_path):
+    seen_while_fitting = []
+
+    class Watching(InlineDispatcher):  # like the process pool: the event loop runs on while the fit does
+        async def run(self, fn, *args, gpu=False):
+            await asyncio.sleep(0.3)  # time for a write that had begun to run
+            seen_while_fitting.append(len(list(tmp_path.glob("*/block-*.npy"))))
+            return await asyncio.to_thread(fn, *args)
+
+    tsdb, clock = FakeTsdb({"load": seasonal_series("load", 5, T0 - 4 * DAY, T0 + DAY, STEP)}), FakeClock(T0)
+    reader = HistoryReader(tsdb, LocalHistoryStore(tmp_path, 2**30), 120.0, clock)
+    trainer = Trainer(tsdb, engine_registry(), NoopArtifactStore(), Watching(), NullTelemetry(), clock, history=reader)
+    await trainer.train(RULE, T0)
+    await reader.settle()
+    assert seen_while_fitting == [0]  # nothing written while the first fit ran
+    first, last = (round(t / STEP) for t in window(T0))
+    assert len(list(tmp_path.glob("*/block-*.npy"))) == last // 256 - first // 256 + 1  # then all of it

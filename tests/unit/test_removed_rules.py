@@ -1,4 +1,5 @@
-"""Models of rules that were removed leave the store once the grace period has passed; restart logs read well."""
+"""Models of rules that were removed leave the store once the grace period has passed (their history too); restart
+logs read well, and a restarted daemon refits from the stored history."""
 
 from __future__ import annotations
 
@@ -70,3 +71,29 @@ async def test_a_restart_logs_when_the_stored_model_was_trained_as_an_iso_time(s
     restarted = await start_daemon(RULES, tsdb(), now=END + 600)  # shares the first one's store
     await restarted.cycle()  # loads the stored models instead of refitting
     assert any("loaded the stored model trained at 2023-11-15T00:00:00Z" in r.getMessage() for r in caplog.records)
+
+
+class CountingTsdb(FakeTsdb):
+    """The fake TSDB, counting the samples (series × points) its range reads return."""
+
+    samples: int = 0
+
+    async def query_range(self, expr, start, end, step):
+        matrix = await super().query_range(expr, start, end, step)
+        self.samples += matrix.values.size
+        return matrix
+
+
+async def test_a_restarted_daemon_refits_from_the_stored_history_reading_only_what_arrived(start_daemon, tmp_path):
+    source = CountingTsdb(tsdb().data)
+    first = await start_daemon(RULES, source, history_dir=str(tmp_path / "history"), history_max_bytes=2**30)
+    await first.trained()
+    whole = source.samples
+    assert whole >= 2 * 2 * 14 * 1440 * 0.2  # both rules read their window (3 of its 14 days have samples)
+    await first.close()  # its stored windows are complete once it has stopped
+    source.samples = 0
+    restarted = await start_daemon(RULES, source, now=END + DAY, history_dir=str(tmp_path / "history"),
+                                   history_max_bytes=2**30)
+    await restarted.trained()  # a day later: the stored models are older than train.every, both rules refit
+    assert sorted(info.rule for info in await restarted.app.store.list()) == ["errors"] * 2 + ["requests"] * 2
+    assert 0 < source.samples <= 2 * 2 * (1440 + 3), (source.samples, whole)  # the day that arrived, per series

@@ -121,7 +121,7 @@ class LocalHistoryStore:
 
     def _put_block(self, rule: str, name: str, block: np.ndarray) -> None:
         """A block written straight from its array to a file of this writer's own, renamed into place (no copy
-        of it in memory, and no Python between the two: the fit beside it keeps the interpreter)."""
+        of it in memory, and the interpreter free while the file is written)."""
         path = self._path(rule) / name
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")

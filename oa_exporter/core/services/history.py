@@ -52,6 +52,7 @@ class HistoryReader:
         self.clock = clock
         self._failing: set[str] = set()  # rules whose store failure was logged
         self._locks: dict[str, asyncio.Lock] = {}
+        self._pending: dict[str, tuple[Rule, HistoryState, np.ndarray, int, int]] = {}  # writes not begun
         self._writes: dict[str, asyncio.Task[None]] = {}  # per rule: the store write of its last read, if running
 
     async def read(self, rule: Rule, start: float, end: float) -> SeriesMatrix:
@@ -70,16 +71,25 @@ class HistoryReader:
                     log.info("rule %s: %s: reading its stored history again", rule.name, e)
             return await self._full(rule, start, end)
 
+    def release(self, rule: str) -> None:
+        """The caller is done with the matrix of the rule's last read (its fit is over): begin storing it. Never
+        beside the fit: on a busy machine the write's disk and CPU slowed the first fit down."""
+        pending = self._pending.pop(rule, None)
+        if pending is not None:
+            self._writes[rule] = asyncio.create_task(self._store(*pending))
+
     async def settle(self, rule: str | None = None) -> None:
-        """Wait for the store writes still running (of one rule, or all): the fit does not wait for them."""
-        for name in [rule] if rule is not None else list(self._writes):
-            write = self._writes.pop(name, None) if name is not None else None
+        """Store what was read and wait for it (one rule, or all): what a read or a restart then finds."""
+        for name in [rule] if rule is not None else [*self._pending, *self._writes]:
+            self.release(name)
+            write = self._writes.pop(name, None)
             if write is not None:
                 await write
 
     async def forget(self, rule: str) -> None:
         """Drop a removed rule's history."""
         self._locks.pop(rule, None)
+        self._pending.pop(rule, None)
         try:
             await self.store.drop(rule)
         except (HistoryError, OSError) as e:
@@ -150,7 +160,7 @@ class HistoryReader:
     async def _keep(self, rule: Rule, state: HistoryState, values: np.ndarray, first: int,
                     changed_from: int) -> SeriesMatrix:
         """Store the window and return it without the series that have no sample left in it."""
-        alive = ~np.isnan(values).all(axis=1)
+        alive = ~np.isnan(np.fmax.reduce(values, axis=1))  # NaN only where all are: no matrix-sized mask
         if not alive.all():
             rows = np.flatnonzero(alive)
             values = values[rows]
@@ -161,8 +171,8 @@ class HistoryReader:
 
     async def _write(self, rule: Rule, state: HistoryState, values: np.ndarray, first: int,
                      changed_from: int) -> None:
-        """Store the window while the caller fits it (values are only read); the next read waits for it."""
-        self._writes[rule.name] = asyncio.create_task(self._store(rule, state, values, first, changed_from))
+        """Store the window once the caller is done with it (release, settle, or the rule's next read)."""
+        self._pending[rule.name] = (rule, state, values, first, changed_from)
 
     async def _store(self, rule: Rule, state: HistoryState, values: np.ndarray, first: int,
                      changed_from: int) -> None:

@@ -178,6 +178,8 @@ class Runner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.trainer.history is not None:  # the windows read for fits: a restart resumes from them
+            await self.trainer.history.settle()
 
     async def _run_group(self, group: RuleGroup) -> None:
         while not self._closing:

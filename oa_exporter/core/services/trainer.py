@@ -6,8 +6,8 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -110,10 +110,9 @@ class Trainer:
         """The model conditioned on the rule's current history, series that appeared since its fit included,
         weights unchanged, excursions in progress held back as in `train`. Not stored (the next fit is); band
         jobs then run here, as it has no artifact."""
-        history = select_history(await self._history(rule, now), self.shard)
-        await self._stored(rule, ongoing)
-        with self._held_back(rule, history, ongoing, now):
-            fresh = history.select(np.flatnonzero(history_span(history) >= rule.min_history))  # a copy
+        async with self._window(rule, now, self.shard) as history:
+            with self._held_back(rule, history, ongoing, now):
+                fresh = history.select(np.flatnonzero(history_span(history) >= rule.min_history))  # a copy
         engine = self.engines[rule.model.engine]
         fitted = await asyncio.to_thread(engine.update, model, fresh)
         return replace(model, keys=fresh.keys, labels=fresh.labels, fitted=fitted,
@@ -152,12 +151,15 @@ class Trainer:
 
     async def _fit(self, rule: Rule, now: float, ongoing: Mapping[SeriesKey, Ongoing] | None,
                    shard: Shard) -> tuple[Model, dict[str, int]]:
-        history = select_history(await self._history(rule, now), shard)
+        async with self._window(rule, now, shard) as history:
+            return await self._fit_window(rule, now, ongoing, history)
+
+    async def _fit_window(self, rule: Rule, now: float, ongoing: Mapping[SeriesKey, Ongoing] | None,
+                          history: SeriesMatrix) -> tuple[Model, dict[str, int]]:
         eligible = np.flatnonzero(history_span(history) >= rule.min_history)
         # every series ready (the usual case): fit the query result itself, not a copy of it (1.5 GB at 50k series)
         selected = history if len(eligible) == len(history.keys) else history.select(eligible)
         engine = self.engines[rule.model.engine]
-        await self._stored(rule, ongoing)
         started = time.perf_counter()
         try:
             with self._held_back(rule, selected, ongoing, now):
@@ -201,11 +203,15 @@ class Trainer:
             )
         return history
 
-    async def _stored(self, rule: Rule, ongoing: Mapping[SeriesKey, Ongoing] | None) -> None:
-        """Wait for the history store's write of the window before samples are held back in it (in place);
-        otherwise the write runs beside the fit."""
-        if ongoing and self.history is not None:
-            await self.history.settle(rule.name)
+    @asynccontextmanager
+    async def _window(self, rule: Rule, now: float, shard: Shard) -> AsyncIterator[SeriesMatrix]:
+        """The rule's training window (this shard's series of it) for the block's fit; the history store keeps
+        it once the block is over (the samples held back in it restored), never beside the fit."""
+        try:
+            yield select_history(await self._history(rule, now), shard)
+        finally:
+            if self.history is not None:
+                self.history.release(rule.name)
 
     @contextmanager
     def _held_back(self, rule: Rule, history: SeriesMatrix, ongoing: Mapping[SeriesKey, Ongoing] | None,
