@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 HEAD_END = b"\r\n\r\n"
 WATCHED_HEAD = 8 * MAX_HEAD  # a longer head is aiohttp's to refuse; it is not watched further
-_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\d+)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+# `$` is before "\n": a header line but the head's last still ends in "\r" (a body taken for the next head
+# would arm the timer and cut a request answered more slowly than HEADER_TIMEOUT, a preview)
+_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\d+)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 _UNFRAMED = re.compile(rb"^(transfer-encoding|upgrade)[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 

@@ -330,3 +330,26 @@ async def test_a_slow_body_is_not_taken_for_a_slow_head(server, monkeypatch, fra
             sock.sendall(part)
         assert (await asyncio.to_thread(response, sock)).startswith(b"HTTP/1.1 200")
     assert server.reloads == [1]
+
+
+async def test_a_body_whose_length_is_not_the_last_header_is_not_taken_for_the_next_head(server, monkeypatch):
+    monkeypatch.setattr(head_deadline, "HEADER_TIMEOUT", 0.5)  # as urllib and browsers send them: more headers after
+    with socket.create_connection(("127.0.0.1", server.front.port), timeout=10) as sock:
+        sock.sendall(b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Type: application/json"
+                     b"\r\n\r\n{}")
+        assert (await asyncio.to_thread(response, sock)).startswith(b"HTTP/1.1 200")
+        await asyncio.sleep(1.0)  # a slow answer (a preview) would have been cut here: its body read as a head
+        sock.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.to_thread(head_or_close, sock)).startswith(b"HTTP/1.1 200")
+    assert server.reloads == [1]
+
+
+def head_or_close(sock: socket.socket) -> bytes:
+    """A response's head, or b"" when the connection is closed first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            return b""
+        data += chunk
+    return data
