@@ -8,14 +8,21 @@ Then:
   (a) POST /api/v1/preview of a rule with `preset: default` and a 1-minute step over the whole range:
       seconds to answer (target <= 10 s), with the daemon's own accounting of the replay;
   (b) the daemon's scrape latency (10 concurrent gzip scrapers, curl's timer) first with nothing else going
-      on, then during back-to-back previews: p50/p99 and the ratio (target p99 within 1.5x).
-Prints one JSON line at the end.
+      on, then during back-to-back previews: p50/p99 and the ratio (target p99 within 1.5x);
+  (c) unless --no-compare, the same replay in this process (the history as generated, no HTTP): the
+      straightforward way (the refits one after the other, on the numpy helpers of tests/arrays_reference.py)
+      then the daemon's way (refits ahead on --preview.threads threads, all cores), wall and CPU seconds of
+      each and their ratio, and whether both gave the same scores. A shared machine's load changes (a) from
+      one run to the next; the ratio of (c), measured back to back, much less.
+The load average is printed with each part. Prints one JSON line at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -28,6 +35,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from oa_exporter.bootstrap import backtester  # noqa: E402
+from oa_exporter.core import seasonal  # noqa: E402
+from oa_exporter.core.domain import Rule, SeriesMatrix  # noqa: E402
+from oa_exporter.core.presets import PRESETS  # noqa: E402
+from oa_exporter.core.rules import SourceDocument, build_rule_set  # noqa: E402
+from oa_exporter.core.services.backtester import Replay, Samples  # noqa: E402
+from tests import arrays_reference  # noqa: E402
 from tests.servers import PrometheusServer, free_port  # noqa: E402
 
 METRIC = "bench_preview_requests"
@@ -97,11 +111,70 @@ def preview(base: str, start: float, end: float) -> tuple[float, dict]:
     return took, body["data"]
 
 
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def preview_rule() -> Rule:
+    document = {"groups": [{"name": "bench", "rules": [{"anomaly": "tuning", "expr": METRIC, "step": "1m",
+                                                        "preset": "default"}]}]}
+    return build_rule_set([SourceDocument("bench.yaml", document)], PRESETS["default"].model).groups[0].rules[0]
+
+
+def in_process(series: list, threads: int, straightforward: bool) -> tuple[float, float, Replay]:
+    """Wall and CPU seconds of the preview's replay here, over the generated history (as the previewer
+    frames it: the range's steps, the train.window before them)."""
+    rule = preview_rule()
+    times = series[0][2]
+    start = float(times[0]) - rule.train_window + rule.step
+    columns = int(round((times[-1] - start) / rule.step)) + 1
+    values = np.full((len(series), columns), np.nan)
+    values[:, columns - len(times):] = np.array([s[3] for s in series])
+    keys = [json.dumps(s[1], sort_keys=True).encode() for s in series]
+    labels = [s[1] for s in series]
+    history = SeriesMatrix(keys, labels, start, rule.step, values)
+    samples = Samples(keys, labels, times, values[:, columns - len(times):])
+    helpers = seasonal.arrays
+    if straightforward:
+        seasonal.arrays = arrays_reference  # type: ignore[assignment]
+
+    async def replay() -> Replay:
+        tool = backtester(history, threads)
+        try:
+            return await tool.replay(rule, samples)
+        finally:
+            await tool.close()
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        result = asyncio.run(replay())
+    finally:
+        seasonal.arrays = helpers
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def compare(series: list) -> dict:
+    print(f"(c) the same replay in this process ({load()}):")
+    plain_wall, plain_cpu, plain = in_process(series, 1, straightforward=True)
+    print(f"    straightforward (refits one after the other, tests/arrays_reference.py): {plain_wall:.2f} s, "
+          f"{plain_cpu:.2f} s CPU")
+    threads = os.cpu_count() or 1
+    wall, cpu, ours = in_process(series, threads, straightforward=False)
+    same = all(np.allclose(getattr(ours, k), getattr(plain, k), rtol=0, atol=1e-9, equal_nan=True)
+               for k in ("yhat", "lower", "upper", "score")) and ours.fits == plain.fits
+    print(f"    the daemon's (refits ahead on {threads} threads, oa_exporter.core.arrays): {wall:.2f} s, {cpu:.2f} s "
+          f"CPU; ratio {plain_wall / wall:.2f} wall, {plain_cpu / cpu:.2f} CPU; same scores: {same} ({load()})")
+    return {"replay_straightforward_s": round(plain_wall, 2), "replay_s": round(wall, 2),
+            "replay_ratio": round(plain_wall / wall, 2), "replay_cpu_ratio": round(plain_cpu / cpu, 2),
+            "same_scores": same}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--series", type=int, default=100)
     parser.add_argument("--days", type=float, default=7.0)
     parser.add_argument("--scrape-seconds", type=float, default=10.0)
+    parser.add_argument("--no-compare", action="store_true", help="skip (c), the in-process comparison")
     args = parser.parse_args()
     end = float(int(time.time() // 60 * 60))
     start = end - args.days * 86400 + 60
@@ -119,6 +192,7 @@ def main() -> None:
             wait_ready(base)
             time.sleep(5)  # the first fit and cycles of the scored rule
             idle = json.loads(scrapes(base, args.scrape_seconds).communicate()[0])
+            print(f"(a) {load()}")
             took, data = preview(base, start, end)
             print(f"(a) preview of one rule (preset default, 1m step) over {args.days:g} days x {args.series} series: "
                   f"{took:.2f} s to answer (target <= 10 s); {len(data['timestamps'])} steps, {data['fits']} fits, "
@@ -137,9 +211,10 @@ def main() -> None:
     print(f"(b) scrapes without a preview: p50 {idle_p50:.1f} ms  p99 {idle_p99:.1f} ms over {len(idle)} scrapes")
     print(f"    scrapes during {previews} previews: p50 {busy_p50:.1f} ms  p99 {busy_p99:.1f} ms over {len(busy)} "
           f"scrapes: p99 ratio {busy_p99 / idle_p99:.2f} (target <= 1.5)")
+    compared = {} if args.no_compare else compare(series)
     print(json.dumps({"series": args.series, "days": args.days, "preview_s": round(took, 2),
                       "scrape_idle_p99_ms": round(idle_p99, 2), "scrape_busy_p99_ms": round(busy_p99, 2),
-                      "p99_ratio": round(busy_p99 / idle_p99, 3)}))
+                      "p99_ratio": round(busy_p99 / idle_p99, 3), **compared}))
 
 
 if __name__ == "__main__":
