@@ -1,6 +1,7 @@
 """Sizing shards: what one shard of a rule costs at 100k and 250k series, and training on 1 and 2 Dask workers.
 
     nice -n 10 python bench/scale.py --series 100000 250000 --shards 1 4 [--dask]
+    nice -n 10 python bench/scale.py --series 10000 --shards --dask --dask-model mlforecast:Ridge
 
 For every (series, shards) pair, a fresh process runs shard 0 of the layout beside a Prometheus-API source of
 that many series (in its own process) and prints: the fit of the shard's series (SeasonalProfile, two days at
@@ -8,8 +9,9 @@ that many series (in its own process) and prints: the fit of the shard's series 
 shard's selection, scoring, /metrics render and gzip), the bytes each replica reads from the TSDB per cycle
 (the whole instant query, whatever the shard count), the shard's /metrics page (plain and gzip), and the peak
 RSS. With --dask: the fit of all the series on a Dask cluster of 1 and then 2 workers (the engine spreads
-SeasonalProfile's row blocks over the cluster), against the same fit in one process. Baselines are measured in
-the same run: shards 1 is the single daemon. Last line: one JSON object.
+SeasonalProfile's row blocks over the cluster; with --dask-model mlforecast:Ridge, DistributedMLForecast fits
+rules of 5,000 series or more), against the same fit in one process. Baselines are measured in the same run:
+shards 1 is the single daemon. Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -117,22 +119,24 @@ async def one_shard(n: int, count: int, repeat: int) -> dict:
             "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
-async def dask_training(n: int) -> dict:
-    """SeasonalProfile on all n series: one process, then on a Dask cluster of 1 and 2 workers."""
+async def dask_training(n: int, model: str) -> dict:
+    """The model (engine:name) on all n series: one process, then on a Dask cluster of 1 and 2 workers."""
     from bench._dispatch import DaskCluster
     from oa_exporter.adapters.dispatch.dask import DaskDispatcher
-    from oa_exporter.adapters.engines.statsforecast import StatsForecastEngine
+    from oa_exporter.bootstrap import engine_registry
     from oa_exporter.core.domain import ModelSpec
 
-    spec, data, engine = ModelSpec("statsforecast", "SeasonalProfile"), history(n, time.time()), StatsForecastEngine()
+    spec = ModelSpec(*model.split(":", 1))
+    data, engine, warm = history(n, time.time()), engine_registry()[spec.engine], engine_registry()[spec.engine]
+    warm.distributed_from = 1  # type: ignore[attr-defined]  # the warm-up takes the distributed path too
     started = time.perf_counter()
     engine.fit(data, spec, 99.0)
-    result = {"series": n, "one_process_s": round(time.perf_counter() - started, 2)}
+    result = {"series": n, "model": model, "one_process_s": round(time.perf_counter() - started, 2)}
     with tempfile.TemporaryDirectory() as tmp:
         for workers in (1, 2):
             with DaskCluster(Path(tmp), workers) as cluster:
                 dispatcher = DaskDispatcher(cluster.address, timeout=3600)
-                await dispatcher.run(engine.fit, history(2000, time.time()), spec, 99.0)  # warm: imports
+                await dispatcher.run(warm.fit, history(20, time.time()), spec, 99.0)  # warm: imports
                 started = time.perf_counter()
                 await dispatcher.run(engine.fit, data, spec, 99.0)
                 result[f"dask_{workers}w_s"] = round(time.perf_counter() - started, 2)
@@ -143,17 +147,19 @@ async def dask_training(n: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--series", type=int, nargs="+", default=[100_000, 250_000])
-    parser.add_argument("--shards", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--shards", type=int, nargs="*", default=[1, 4])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dask", action="store_true", help="also time training on 1 and 2 Dask workers")
+    parser.add_argument("--dask-model", default="statsforecast:SeasonalProfile", help="engine:name for --dask")
     parser.add_argument("--one", type=int, nargs=2, help=argparse.SUPPRESS)  # series, shards: in a fresh process
-    parser.add_argument("--dask-one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--dask-one", help=argparse.SUPPRESS)  # series:engine:name
     args = parser.parse_args()
     if args.one:
         print(json.dumps(asyncio.run(one_shard(*args.one, args.repeat))))
         return
     if args.dask_one:
-        print(json.dumps(asyncio.run(dask_training(args.dask_one))))
+        series, model = args.dask_one.split(":", 1)
+        print(json.dumps(asyncio.run(dask_training(int(series), model))))
         return
     rows = []
     for n in args.series:
@@ -167,9 +173,9 @@ def main() -> None:
     training = []
     if args.dask:
         for n in args.series:
-            row = _child(["--dask-one", str(n)])
+            row = _child(["--dask-one", f"{n}:{args.dask_model}"])
             training.append(row)
-            print(f"{n:>7} series, SeasonalProfile: one process {row['one_process_s']:.1f} s; Dask 1 worker "
+            print(f"{n:>7} series, {args.dask_model}: one process {row['one_process_s']:.1f} s; Dask 1 worker "
                   f"{row['dask_1w_s']:.1f} s, 2 workers {row['dask_2w_s']:.1f} s "
                   f"({row['dask_1w_s'] / row['dask_2w_s']:.2f}x)", flush=True)
     print(json.dumps({"shards": rows, "training": training}))

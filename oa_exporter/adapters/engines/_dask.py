@@ -95,7 +95,6 @@ def mlforecast_on_cluster(client: Any, data: Any, pipeline: dict[str, Any], regr
     Returns the local MLForecast the one-process fit would have made (`to_local`, with the calibration scores set
     as MLForecast.load sets them): the daemon forecasts, updates and stores it as any other.
     """
-    from mlforecast.conformal_prediction import compute_conformity_scores
     from mlforecast.distributed import DistributedMLForecast
     from mlforecast.utils import PredictionIntervals
 
@@ -104,14 +103,36 @@ def mlforecast_on_cluster(client: Any, data: Any, pipeline: dict[str, Any], regr
     def forecaster() -> Any:
         return DistributedMLForecast(models={"model": MomentsRegressor(regressor)}, engine=client, **pipeline)
 
-    checks = forecaster().cross_validation(frame, n_windows=windows, h=horizon, refit=False).compute()
-    checks["unique_id"] = checks["unique_id"].astype(data["unique_id"].dtype)  # the predict schema makes it str
-    checks = checks.sort_values(["cutoff", "unique_id", "ds"], kind="stable").reset_index(drop=True)
+    scores = calibration_scores(forecaster(), frame, data, pipeline["freq"], windows, horizon)
     local = forecaster().fit(frame).to_local()
     local.ts.lag_transforms_namer = None  # MLForecast's default; DistributedMLForecast's is a closure (unpicklable)
     local.prediction_intervals = PredictionIntervals(n_windows=windows, h=horizon)
-    local._cs_df = compute_conformity_scores(checks, ["model"], "y")
+    local._cs_df = scores
     return local
+
+
+def calibration_scores(forecaster: Any, frame: Any, data: Any, freq: str, windows: int, horizon: int) -> Any:
+    """MLForecast's conformity scores (its `cross_validation(refit=False)` over the last `windows` windows of
+    `horizon` steps), window by window: the regressor fitted once before the first window, then each window
+    forecast from the series up to its cutoff (`predict(new_df=...)`, no feature matrix built) and scored against
+    what followed. DistributedMLForecast.cross_validation keeps every window's feature matrix on the cluster until
+    the end (20 of them by default); this builds one, for the fit."""
+    import pandas as pd
+    from mlforecast.conformal_prediction import compute_conformity_scores
+
+    last = data["ds"].max()
+    step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
+    cutoffs = [last - (windows - i) * horizon * step for i in range(windows)]
+    forecaster.fit(frame[frame["ds"] <= cutoffs[0]])
+    checks = []
+    for cutoff in cutoffs:
+        predicted = forecaster.predict(horizon, new_df=frame[frame["ds"] <= cutoff]).compute()
+        for column in ("unique_id", "ds"):  # its schema makes them str and an arrow timestamp
+            predicted[column] = predicted[column].astype(data[column].dtype)
+        actual = data[(data["ds"] > cutoff) & (data["ds"] <= cutoff + horizon * step)]
+        checks.append(predicted.merge(actual, on=["unique_id", "ds"]).assign(cutoff=cutoff))
+    ordered = pd.concat(checks).sort_values(["cutoff", "unique_id", "ds"], kind="stable").reset_index(drop=True)
+    return compute_conformity_scores(ordered, ["model"], "y")
 
 
 def series_partitions(client: Any, data: Any) -> Any:
