@@ -11,7 +11,8 @@ Then:
       on, then during back-to-back previews: p50/p99 and the ratio (target p99 within 1.5x);
   (c) unless --no-compare, the same replay in this process (the history as generated, no HTTP): the
       straightforward way (the refits one after the other, on the numpy helpers of tests/arrays_reference.py)
-      then the daemon's way (refits ahead on --preview.threads threads, all cores), wall and CPU seconds of
+      then the daemon's way (--preview.threads' default: refits ahead on cores - 1 threads, here on 1 of a
+      2-core machine, and the numpy helpers of oa_exporter.core.arrays), wall and CPU seconds of
       each and their ratio, and whether both gave the same scores. A shared machine's load changes (a) from
       one run to the next; the ratio of (c), measured back to back, much less.
 The load average is printed with each part. Prints one JSON line at the end.
@@ -35,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from oa_exporter.adapters.dispatch.local_pool import default_workers  # noqa: E402
 from oa_exporter.bootstrap import backtester  # noqa: E402
 from oa_exporter.core import seasonal  # noqa: E402
 from oa_exporter.core.domain import Rule, SeriesMatrix  # noqa: E402
@@ -158,11 +160,12 @@ def compare(series: list) -> dict:
     plain_wall, plain_cpu, plain = in_process(series, 1, straightforward=True)
     print(f"    straightforward (refits one after the other, tests/arrays_reference.py): {plain_wall:.2f} s, "
           f"{plain_cpu:.2f} s CPU")
-    threads = os.cpu_count() or 1
+    threads = default_workers()  # --preview.threads' default
     wall, cpu, ours = in_process(series, threads, straightforward=False)
     same = all(np.allclose(getattr(ours, k), getattr(plain, k), rtol=0, atol=1e-9, equal_nan=True)
                for k in ("yhat", "lower", "upper", "score")) and ours.fits == plain.fits
-    print(f"    the daemon's (refits ahead on {threads} threads, oa_exporter.core.arrays): {wall:.2f} s, {cpu:.2f} s "
+    how = f"refits ahead on {threads} threads" if threads > 1 else "one thread: refits inline"
+    print(f"    the daemon's ({how}, oa_exporter.core.arrays): {wall:.2f} s, {cpu:.2f} s "
           f"CPU; ratio {plain_wall / wall:.2f} wall, {plain_cpu / cpu:.2f} CPU; same scores: {same} ({load()})")
     return {"replay_straightforward_s": round(plain_wall, 2), "replay_s": round(wall, 2),
             "replay_ratio": round(plain_wall / wall, 2), "replay_cpu_ratio": round(plain_cpu / cpu, 2),
