@@ -6,8 +6,8 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -58,8 +58,12 @@ class Trainer:
                     shard: Shard | None = None) -> Model:
         """Query the training window, fit every series with enough history, store the model; record the outcome.
         `ongoing`: the rule's excursions in progress, held back from the fit while younger than new_normal_after;
-        `shard`: whose series to fit (default: this replica's; a worker fits the shard its job names)."""
-        return await self.adopt(rule, self.fit(rule, now, ongoing, shard))
+        `shard`: whose series to fit (default: this replica's; a worker fits the shard its job names). The history
+        store keeps the window read once the model is stored, never beside the fit or the model's write."""
+        try:
+            return await self.adopt(rule, self.fit(rule, now, ongoing, shard))
+        finally:
+            self._release(rule)
 
     async def fit(self, rule: Rule, now: float, ongoing: Mapping[SeriesKey, Ongoing] | None = None,
                   shard: Shard | None = None) -> tuple[Model, dict[str, int]]:
@@ -110,9 +114,12 @@ class Trainer:
         """The model conditioned on the rule's current history, series that appeared since its fit included,
         weights unchanged, excursions in progress held back as in `train`. Not stored (the next fit is); band
         jobs then run here, as it has no artifact."""
-        async with self._window(rule, now, self.shard) as history:
+        try:
+            history = select_history(await self._history(rule, now), self.shard)
             with self._held_back(rule, history, ongoing, now):
                 fresh = history.select(np.flatnonzero(history_span(history) >= rule.min_history))  # a copy
+        finally:
+            self._release(rule)
         engine = self.engines[rule.model.engine]
         fitted = await asyncio.to_thread(engine.update, model, fresh)
         return replace(model, keys=fresh.keys, labels=fresh.labels, fitted=fitted,
@@ -151,11 +158,7 @@ class Trainer:
 
     async def _fit(self, rule: Rule, now: float, ongoing: Mapping[SeriesKey, Ongoing] | None,
                    shard: Shard) -> tuple[Model, dict[str, int]]:
-        async with self._window(rule, now, shard) as history:
-            return await self._fit_window(rule, now, ongoing, history)
-
-    async def _fit_window(self, rule: Rule, now: float, ongoing: Mapping[SeriesKey, Ongoing] | None,
-                          history: SeriesMatrix) -> tuple[Model, dict[str, int]]:
+        history = select_history(await self._history(rule, now), shard)
         eligible = np.flatnonzero(history_span(history) >= rule.min_history)
         # every series ready (the usual case): fit the query result itself, not a copy of it (1.5 GB at 50k series)
         selected = history if len(eligible) == len(history.keys) else history.select(eligible)
@@ -203,15 +206,10 @@ class Trainer:
             )
         return history
 
-    @asynccontextmanager
-    async def _window(self, rule: Rule, now: float, shard: Shard) -> AsyncIterator[SeriesMatrix]:
-        """The rule's training window (this shard's series of it) for the block's fit; the history store keeps
-        it once the block is over (the samples held back in it restored), never beside the fit."""
-        try:
-            yield select_history(await self._history(rule, now), shard)
-        finally:
-            if self.history is not None:
-                self.history.release(rule.name)
+    def _release(self, rule: Rule) -> None:
+        """The window read for the rule's fit is no longer in use (samples held back in it restored): store it."""
+        if self.history is not None:
+            self.history.release(rule.name)
 
     @contextmanager
     def _held_back(self, rule: Rule, history: SeriesMatrix, ongoing: Mapping[SeriesKey, Ongoing] | None,
