@@ -6,7 +6,7 @@ One rule with `preset: default` (train.window 56 d) over 5-minute data from an i
 the samples (bench/tsdb_load.py's), fitted once from nothing through the Trainer as the daemon does: its
 range read, the fit in a child process of the local pool (LocalPoolDispatcher, one worker), the model
 written to a LocalArtifactStore in a temporary directory. With the history store (a fresh --history.dir
-each run) the store writes the window once the fit is over; without, there is none. The two alternate,
+each run) the store writes the window once the model is stored; without, there is none. The two alternate,
 --pairs pairs, the order swapped every pair (store first, then plain first, ...), so that load on a
 shared machine falls on both alike (after one untimed small fit: the pool's start); printed: each run's
 train() time (what the rule waits for its first model), the time until the store's write is done as well,

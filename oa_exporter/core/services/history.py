@@ -72,8 +72,8 @@ class HistoryReader:
             return await self._full(rule, start, end)
 
     def release(self, rule: str) -> None:
-        """The caller is done with the matrix of the rule's last read (its fit is over): begin storing it. Never
-        beside the fit: on a busy machine the write's disk and CPU slowed the first fit down."""
+        """The caller is done with the matrix of the rule's last read (its model is stored): begin storing it.
+        Never beside the fit: on a busy machine the write's disk and CPU slowed the first fit down."""
         pending = self._pending.pop(rule, None)
         if pending is not None:
             self._writes[rule] = asyncio.create_task(self._store(*pending))
