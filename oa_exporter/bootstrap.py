@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .adapters.config.promql import check_promql
+from .adapters.config.promql_process import PromqlChecker
 from .adapters.config.watcher import RulesWatcher
 from .adapters.config.yaml_editor import YamlRulesEditor
 from .adapters.config.yaml_rules import YamlConfigStore
@@ -117,10 +117,15 @@ def model_checker(engines: Mapping[str, ModelEngine]) -> Callable[[ModelSpec], N
     return check
 
 
+# One PromQL parser process for every store of this process, started at the first check (daemon, `check`)
+PROMQL = PromqlChecker()
+
+
 def config_store(settings: Settings, engines: Mapping[str, ModelEngine] | None = None) -> YamlConfigStore:
     """The YAML rules store with PromQL and model validation wired in."""
+    PROMQL.start()
     engines = engines or engine_registry()
-    return YamlConfigStore(settings.rules, default_model(settings, engines), check_promql, model_checker(engines),
+    return YamlConfigStore(settings.rules, default_model(settings, engines), PROMQL, model_checker(engines),
                            engine_defaults(engines))
 
 
@@ -130,8 +135,9 @@ def postgres_store(settings: Settings, engines: Mapping[str, ModelEngine] | None
 
     if not settings.config_postgres_dsn:
         raise ValueError("--config.store=postgres needs --config.postgres-dsn (OA_CONFIG_POSTGRES_DSN)")
+    PROMQL.start()
     engines = engines or engine_registry()
-    return PostgresConfigStore(settings.config_postgres_dsn, default_model(settings, engines), check_promql,
+    return PostgresConfigStore(settings.config_postgres_dsn, default_model(settings, engines), PROMQL,
                                model_checker(engines))
 
 

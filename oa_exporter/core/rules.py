@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from .domain import Direction, ModelSpec, Rule, RuleGroup, RuleSet
 from .durations import parse_duration
@@ -30,7 +30,8 @@ DEFAULT_INTERVAL = 60.0
 RULE_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_:]*$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
-ExprChecker = Callable[[str], "str | None"]  # returns an error message, or None when the PromQL is valid
+# what is wrong with a rule's expr, as the rule's problem says it; None when the PromQL is valid
+ExprChecker = Callable[[str], "str | None"]
 ModelChecker = Callable[[ModelSpec], None]  # raises ValueError when no engine can build the spec
 # An engine as a rule names it (an alias included) -> its default model under the engine's own name;
 # raises ValueError for an unknown engine
@@ -40,6 +41,15 @@ DEFAULT_PRESET = "default"
 NO_PRESET = "none"
 PLAIN = Preset(model=ModelSpec("", ""), train_window=14 * 86400.0, train_every=86400.0, horizon=3600.0, level=99.0,
                min_history=86400.0, repeat_window=0.0)
+
+
+@runtime_checkable
+class BatchExprChecker(Protocol):
+    """An ExprChecker that can also check many exprs at once, remembering the answers for the calls after."""
+
+    def __call__(self, expr: str) -> str | None: ...
+
+    def check_all(self, exprs: Sequence[str]) -> Mapping[str, str | None]: ...
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,8 @@ def build_rule_set(
     default model (without it, such a rule must name the model too)."""
     problems: list[Problem] = []
     groups: list[RuleGroup] = []
+    if isinstance(check_expr, BatchExprChecker):  # one round trip for the whole load, then answers per rule
+        check_expr.check_all([expr for document in documents for expr in _exprs(document.content)])
     for document in documents:
         ctx = _Context(document.path, default_model, check_expr, check_model, engine_defaults)
         groups.extend(_groups(document.content, ctx))
@@ -87,6 +99,14 @@ def build_rule_set(
     if problems:
         raise RuleError(problems)
     return RuleSet(tuple(groups))
+
+
+def _exprs(content: Any) -> list[str]:
+    """The exprs of a document's rules, wherever they are well enough formed to be found."""
+    groups = content.get("groups") if isinstance(content, Mapping) else None
+    rules = [g.get("rules") for g in groups if isinstance(g, Mapping)] if isinstance(groups, list) else []
+    found = [r.get("expr") for group in rules if isinstance(group, list) for r in group if isinstance(r, Mapping)]
+    return [e for e in found if isinstance(e, str) and e.strip()]
 
 
 def _groups(content: Any, ctx: _Context) -> list[RuleGroup]:
@@ -199,7 +219,7 @@ def _expr(node: Mapping, ctx: _Context) -> str | None:
         return None
     error = ctx.check_expr(expr)
     if error:
-        ctx.report(f"invalid PromQL in 'expr': {error}", node, "expr")
+        ctx.report(error, node, "expr")
         return None
     return expr
 
