@@ -60,6 +60,7 @@ class Rule:
     line: int = 0
     repeat_window: float = 0.0  # seconds within which a repeat excursion does not page (scoring.Repeats); 0: off
     annotations: Mapping[str, str] = field(default_factory=dict)  # free text for people: shown, never exported
+    calibrate: float = 0.0  # paging more than once in this many seconds widens a series' band (calibration.py)
     new_normal_after: float = 3 * 3600.0  # an excursion younger than this is held back from fits (excursions.py)
 
     def fingerprint(self) -> str:

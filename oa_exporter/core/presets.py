@@ -27,6 +27,7 @@ class Preset:
     min_history: float
     repeat_window: float = 0.0
     new_normal_after: float = NEW_NORMAL_AFTER  # see excursions.py
+    calibrate: float = 0.0  # see calibration.py; 0: off
 
 
 PRESETS: dict[str, Preset] = {

@@ -24,6 +24,7 @@ def definition(rule: Rule) -> dict[str, Any]:
         "min_history": format_duration(rule.min_history),
         "max_series": rule.max_series,
         "repeat_window": format_duration(rule.repeat_window) if rule.repeat_window else "off",
+        "calibrate": format_duration(rule.calibrate) if rule.calibrate else "off",
         "labels": dict(rule.labels),
     }
 

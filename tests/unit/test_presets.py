@@ -143,3 +143,25 @@ def test_an_unknown_preset_is_reported_with_file_line_and_rule(tmp_path):
     [problem] = caught.value.problems
     assert problem.line == 6 and problem.rule == "cpu"
     assert "unknown preset 'fancy'" in problem.message and "default" in problem.message
+
+
+@pytest.mark.parametrize("setting, seconds", [(None, 0.0), ("off", 0.0), ("1w", 7 * 86400.0)])
+def test_calibrate_is_off_unless_a_rule_gives_its_budget(tmp_path, setting, seconds):
+    key = "" if setting is None else f", calibrate: {setting}"
+    [rule] = load(tmp_path, f"""
+        groups:
+          - name: g
+            rules:
+              - {{anomaly: cpu, expr: node_cpu, preset: default{key}}}
+    """).rules
+    assert rule.calibrate == seconds
+
+
+def test_a_bad_calibrate_is_reported(tmp_path):
+    with pytest.raises(RuleError, match="calibrate"):
+        load(tmp_path, """
+            groups:
+              - name: g
+                rules:
+                  - {anomaly: cpu, expr: node_cpu, calibrate: weekly}
+        """)

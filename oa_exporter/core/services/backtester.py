@@ -136,7 +136,7 @@ class Backtester:
             for cycle, now in enumerate(samples.times.tolist()):
                 if await self._refresh(slot, now, errors):
                     rows, vector = samples.at(cycle)
-                    scores = self.inferencer.score(rule, vector, slot.forecasts, slot.repeats)
+                    scores = self.inferencer.score(rule, vector, slot.forecasts, slot.repeats, slot.calibration)
                     for target, source in ((yhat, scores.yhat), (lower, scores.lower), (upper, scores.upper),
                                            (score, scores.score)):
                         target[rows, cycle] = source

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..calibration import Calibration
 from ..domain import Bands, InstantVector, Model, Rule, RuleScores, SeriesKey, SeriesState
 from ..errors import CardinalityError, OAError
 from ..jobs import BandsJob
@@ -90,9 +91,10 @@ class Inferencer:
         return vector
 
     def score(self, rule: Rule, vector: InstantVector, forecasts: Forecasts | None,
-              repeats: Repeats | None = None) -> RuleScores:
-        """Score every sample: series without a model (not ready) or failed get NaN forecasts; with `repeats`
-        (the rule's state between cycles) and a `repeat_window`, repeats are divided down."""
+              repeats: Repeats | None = None, calibration: Calibration | None = None) -> RuleScores:
+        """Score every sample: series without a model (not ready) or failed get NaN forecasts; with the rule's
+        state between cycles, its `calibrate` widens the band of each series that paged more often than the
+        budget allows (core/calibration.py), and its `repeat_window` divides repeats down."""
         n = len(vector.keys)
         yhat, lower, upper = (np.full(n, np.nan) for _ in range(3))
         states = {SeriesState.READY.value: 0, SeriesState.FAILED.value: 0, SeriesState.NOT_READY.value: n}
@@ -110,9 +112,13 @@ class Inferencer:
                 ready = int(np.count_nonzero(usable))
                 failed = int(np.count_nonzero(known)) - ready
                 states = {"ready": ready, "failed": failed, "not-ready": n - ready - failed}
+        if calibration is not None and rule.calibrate:
+            lower, upper = calibration.widen(vector.keys, vector.timestamp, rule.calibrate, yhat, lower, upper)
         score = anomaly_score(vector.values, yhat, lower, upper, rule.direction)
         if repeats is not None and rule.repeat_window > 0:
             score = repeats.damp(vector.keys, vector.timestamp, score, vector.values < yhat, rule.repeat_window)
+        if calibration is not None and rule.calibrate:
+            calibration.count(vector.keys, score)
         self.telemetry.series_states(rule.name, states)
         inside = int(np.count_nonzero((vector.values >= lower) & (vector.values <= upper)))  # NaN: never inside
         self.telemetry.band_coverage(rule.name, inside, int(np.count_nonzero(~np.isnan(score))), vector.timestamp)

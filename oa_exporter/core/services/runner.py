@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..calibration import Calibration
 from ..domain import (
     FitEvent,
     InstantVector,
@@ -60,6 +61,7 @@ class RuleSlot:
     fit_error: str = ""  # why the last fit failed ("" when it worked)
     cycle_error: str = ""  # why the last scoring cycle failed
     repeats: Repeats = field(default_factory=Repeats)  # per series, what the repeat rule remembers
+    calibration: Calibration = field(default_factory=Calibration)  # per series, how far its band is widened
     ownership: Ownership = field(default_factory=Ownership)  # which of the query's series this shard owns
     owned: tuple[int, int] = (0, 0)  # series this shard owned in the last cycle, of the query's total
     resharded: bool = False  # the shard layout changed: series that came to this shard are fitted at once
@@ -246,7 +248,7 @@ class Runner:
         vector = slot.ownership.select(queried, self.shard)
         slot.owned = (len(vector.keys), len(queried.keys))
         self.telemetry.shard_series(slot.rule.name, *slot.owned)
-        scores = self.inferencer.score(slot.rule, vector, slot.forecasts, slot.repeats)
+        scores = self.inferencer.score(slot.rule, vector, slot.forecasts, slot.repeats, slot.calibration)
         self.sink.publish(scores)
         slot.excursions.observe(scores)
         return scores
