@@ -21,7 +21,6 @@ The load average is printed with each part. Prints one JSON line at the end.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from oa_exporter.adapters.dispatch.local_pool import default_workers  # noqa: E402
-from oa_exporter.bootstrap import backtester  # noqa: E402
+from oa_exporter.bootstrap import replay_in_child  # noqa: E402
 from oa_exporter.core import seasonal  # noqa: E402
 from oa_exporter.core.domain import Rule, SeriesMatrix  # noqa: E402
 from oa_exporter.core.presets import PRESETS  # noqa: E402
@@ -139,17 +138,9 @@ def in_process(series: list, threads: int, straightforward: bool) -> tuple[float
     helpers = seasonal.arrays
     if straightforward:
         seasonal.arrays = arrays_reference  # type: ignore[assignment]
-
-    async def replay() -> Replay:
-        tool = backtester(history, threads)
-        try:
-            return await tool.replay(rule, samples)
-        finally:
-            await tool.close()
-
     wall, cpu = time.perf_counter(), time.process_time()
     try:
-        result = asyncio.run(replay())
+        result = replay_in_child(rule, history, samples, threads)  # the preview's own replay, here
     finally:
         seasonal.arrays = helpers
     return time.perf_counter() - wall, time.process_time() - cpu, result

@@ -6,41 +6,16 @@ from __future__ import annotations
 
 import numpy as np
 
+# unchanged since they were first written: the same functions
+from oa_exporter.core.arrays import lagged, nanmean, nanquantile_last, nanquantile_rows, nanrange
+
+__all__ = ["group_nanmedian", "lagged", "nanmean", "nanmedian", "nanquantile_last", "nanquantile_rows", "nanrange",
+           "trailing_mean"]
+
 
 def nanmedian(values: np.ndarray) -> np.ndarray:
     """NaN-ignoring median over the last axis (NaN where all are NaN), by one sort."""
     return nanquantile_last(values, np.array([0.5]))[..., 0]
-
-
-def nanmean(values: np.ndarray) -> np.ndarray:
-    present = ~np.isnan(values)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.sum(np.where(present, values, 0.0), axis=1) / np.sum(present, axis=1)
-
-
-def nanrange(values: np.ndarray) -> np.ndarray:
-    """Smallest and largest value of each row, ignoring NaN: shape (2, rows); NaN for a row without values."""
-    present = ~np.isnan(values)
-    lowest = np.min(np.where(present, values, np.inf), axis=1)
-    highest = np.max(np.where(present, values, -np.inf), axis=1)
-    return np.where(present.any(axis=1), np.stack([lowest, highest]), np.nan)
-
-
-def nanquantile_rows(values: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    return np.moveaxis(nanquantile_last(values, probabilities), -1, 0)
-
-
-def nanquantile_last(values: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    """Linear-interpolated quantiles over the last axis, ignoring NaN: shape (..., len(probabilities))."""
-    ordered = np.sort(values, axis=-1)  # NaN sorts last
-    valid = np.sum(~np.isnan(ordered), axis=-1, keepdims=True)
-    position = probabilities * np.maximum(valid - 1, 0)
-    below = np.floor(position).astype(np.int64)
-    above = np.minimum(below + 1, np.maximum(valid - 1, 0))
-    low = np.take_along_axis(ordered, below, axis=-1)
-    high = np.take_along_axis(ordered, above, axis=-1)
-    result = low + (high - low) * (position - below)
-    return np.where(valid > 0, result, np.nan)
 
 
 def group_nanmedian(values: np.ndarray, groups: np.ndarray, count: int) -> np.ndarray:
@@ -70,10 +45,3 @@ def trailing_mean(values: np.ndarray, window: int, fallback: np.ndarray | None =
     return np.where(number > 0, mean, values if fallback is None else fallback)
 
 
-def lagged(values: np.ndarray, lag: int) -> np.ndarray:
-    """Each row shifted `lag` columns later (NaN where nothing came before)."""
-    if lag <= 0:
-        return values
-    shifted = np.full_like(values, np.nan)
-    shifted[:, lag:] = values[:, :-lag]
-    return shifted
