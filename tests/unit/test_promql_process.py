@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from oa_exporter.adapters.config.promql import parse_error
 from oa_exporter.adapters.config.promql_process import PromqlChecker
 from oa_exporter.adapters.config.yaml_rules import YamlConfigStore
 from oa_exporter.core.domain import ModelSpec
 from oa_exporter.core.errors import RuleError
 from tests.unit.crashing_parsers import crash_on_marked, hang_on_marked
-from tests.unit.harness import write_rules
+from tests.unit.fakes import FakeTsdb, value
+from tests.unit.harness import Daemon, write_rules
 
 RULES = """
     groups:
@@ -99,10 +101,29 @@ def test_answers_are_kept_per_expression_and_bounds_never_reach_the_child(checke
     assert checker._child is None
 
 
-def test_a_parser_that_cannot_start_fails_each_expression_once(checkers):
+def test_a_parser_that_cannot_start_fails_each_expression_until_one_starts(checkers):
     def not_importable(expr: str) -> str | None:  # a local function: the child cannot find it by name
         return None
 
     checker = checkers(parse=not_importable)
     found = checker.check_all(["up", "down"])
     assert found == dict.fromkeys(["up", "down"], "the PromQL parser did not start (its process exited with code 1)")
+    checker.parse = parse_error  # those answers were not kept: the next check starts a child that can parse
+    assert checker.check_all(["up", "sum(up"]) == {"up": None,
+                                                   "sum(up": "invalid PromQL in 'expr': unclosed left parenthesis"}
+
+
+async def test_the_daemon_keeps_its_rules_through_a_parser_crash_and_reloads_after(tmp_path, checkers, monkeypatch):
+    path = write_rules(tmp_path / "rules.yaml", RULES.format(marker="fine").replace("sum(up", "sum(up)"))
+    daemon = Daemon(path, FakeTsdb({}), tmp_path / "models")
+    monkeypatch.setattr(daemon.app.rules_store, "check_expr", checkers(parse=crash_on_marked))
+    assert await daemon.load()
+    write_rules(path, RULES.format(marker="segfault_here"))
+    assert not await daemon.load()
+    assert value(daemon.page, "oa_rules_last_reload_successful") == 0
+    assert daemon.app.reload_problems[0] == f'{path}:7: rule "boom": {FAILED} (its process was killed by SIGSEGV)'
+    assert len(daemon.app.rules.rules) == 4  # the previous rules stay in force
+    write_rules(path, RULES.format(marker="fixed").replace("sum(up", "sum(up)"))
+    assert await daemon.load()
+    assert value(daemon.page, "oa_rules_last_reload_successful") == 1
+    await daemon.app.close()

@@ -44,7 +44,6 @@ class PromqlChecker:
     def __init__(self, parse: Parse = parse_error, timeout: float = DEFAULT_TIMEOUT,
                  memory: int = DEFAULT_MEMORY, cache_size: int = DEFAULT_CACHE):
         self.parse = parse  # runs in the child: a module-level function (it travels by name)
-        self._target = f"{parse.__module__}:{parse.__qualname__}"
         self.timeout = timeout
         self.memory = memory
         self.cache_size = cache_size
@@ -54,6 +53,7 @@ class PromqlChecker:
         self._to_child: Connection | None = None
         self._from_child: Connection | None = None
         self._ready = False  # the child said it has imported the parser
+        self._owner = os.getpid()  # a forked copy of this object must not talk over its parent's pipes
 
     def __call__(self, expr: str) -> str | None:
         return self.check_all([expr])[expr]
@@ -68,18 +68,19 @@ class PromqlChecker:
         wanted = list(dict.fromkeys(exprs))
         with self._lock:
             missing = [e for e in wanted if e not in self._cache]
+            unstarted: dict[str, str | None] = {}  # not kept: the next load tries a new child
             if missing:
                 if len(self._cache) + len(missing) > self.cache_size:
                     self._cache = {e: self._cache[e] for e in wanted if e in self._cache}
-                self._cache.update(self._checked(missing))
-            return {e: self._cache[e] for e in wanted}
+                self._cache.update(self._checked(missing, unstarted))
+            return {e: unstarted[e] if e in unstarted else self._cache[e] for e in wanted}
 
     def close(self) -> None:
         """Stop the child (a later check starts another); safe to call twice."""
         with self._lock:
             self._stop()
 
-    def _checked(self, exprs: list[str]) -> dict[str, str | None]:
+    def _checked(self, exprs: list[str], unstarted: dict[str, str | None]) -> dict[str, str | None]:
         results: dict[str, str | None] = {}
         pending = []
         for expr in exprs:
@@ -92,7 +93,7 @@ class PromqlChecker:
             failure = self._started()
             if failure is not None:  # no parser to ask: every expression waiting gets why
                 log.error("the PromQL parser process did not start: %s", failure)
-                results.update((e, f"the PromQL parser did not start ({failure})") for e in pending)
+                unstarted.update((e, f"the PromQL parser did not start ({failure})") for e in pending)
                 break
             answers, failure = self._round_trip(pending)
             results.update(zip(pending, map(_invalid, answers)))
@@ -107,7 +108,10 @@ class PromqlChecker:
 
     def _started(self) -> str | None:
         """None once the child is ready to parse, else why it is not."""
-        _, from_child = self._connection()
+        try:
+            _, from_child = self._connection()
+        except OSError as e:  # no process to be had (descriptors, memory)
+            return f"{type(e).__name__}: {e}"
         if self._ready:
             return None
         try:
@@ -136,15 +140,19 @@ class PromqlChecker:
         return answers, None
 
     def _connection(self) -> tuple[Connection, Connection]:
+        if self._owner != os.getpid():  # forked: the child and its pipes are the parent's, leave them be
+            self._child = self._to_child = self._from_child = None
+            self._ready, self._owner = False, os.getpid()
         if self._child is not None and self._child.poll() is None and self._to_child and self._from_child:
             return self._to_child, self._from_child
         self._stop()
         child_reads, to_child = os.pipe()
         from_child, child_writes = os.pipe()
         path = json.dumps([p for p in sys.path if p])
+        target = f"{self.parse.__module__}:{self.parse.__qualname__}"
         try:
             self._child = subprocess.Popen(
-                [sys.executable, "-c", _CHILD, path, str(child_reads), str(child_writes), self._target,
+                [sys.executable, "-c", _CHILD, path, str(child_reads), str(child_writes), target,
                  str(self.memory)], stdin=subprocess.DEVNULL, pass_fds=(child_reads, child_writes))
         finally:
             os.close(child_reads)
