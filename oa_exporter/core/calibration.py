@@ -25,29 +25,34 @@ docs/detection-quality.md); it is for rules whose noisy series page too often.
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .domain import SeriesKey
+from .scoring import SeriesRows
 
 STEP = 0.1  # each excursion beyond the budget widens the band by 10 %: a few noisy excursions move it
 # by a fraction of the band, never by what a single one would need to stop paging
 
 
-class Calibration:
+class Calibration(SeriesRows):
     """Per series, the factor m of its band (see module docstring), in an array by row, between cycles."""
 
-    def __init__(self) -> None:
-        self.rows_of: dict[SeriesKey, int] = {}
-        self.factor = np.ones(0)
-        self.paging = np.zeros(0, bool)  # the last sample scored above 1
-        self.seen = np.full(0, np.nan)  # when the factor was last decayed
+    COLUMNS: ClassVar[dict[str, tuple[tuple[int, ...], Any]]] = {
+        "factor": ((), 1.0),
+        "paging": ((), False),  # the last sample scored above 1
+        "seen": ((), np.nan),  # when the factor was last narrowed back
+    }
+    factor: np.ndarray
+    paging: np.ndarray
+    seen: np.ndarray
 
     def widen(self, keys: list[SeriesKey], timestamp: float, budget: float, yhat: np.ndarray, lower: np.ndarray,
               upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """This cycle's band of every series, widened by its factor, first narrowed back for the time since the
         last cycle (by STEP per `budget` seconds)."""
-        rows = self._rows(keys)
+        rows = self.rows(keys)
         with np.errstate(invalid="ignore"):
             elapsed = np.where(np.isnan(self.seen[rows]), 0.0, np.maximum(timestamp - self.seen[rows], 0.0))
         self.factor[rows] = np.maximum(self.factor[rows] * np.exp(-math.log1p(STEP) * elapsed / budget), 1.0)
@@ -57,23 +62,8 @@ class Calibration:
 
     def count(self, keys: list[SeriesKey], score: np.ndarray) -> None:
         """Note this cycle's scores: each excursion that begins widens its series' band for the next samples."""
-        rows = self._rows(keys)
+        rows = self.rows(keys)
         paging = score > 1.0  # NaN: no
         onset = paging & ~self.paging[rows]
         self.factor[rows[onset]] *= 1.0 + STEP
         self.paging[rows] = paging
-
-    def _rows(self, keys: list[SeriesKey]) -> np.ndarray:
-        if len(self.rows_of) > 2 * len(keys) + 1000:  # series come and go: keep only the present ones
-            kept = [k for k in keys if k in self.rows_of]
-            index = np.fromiter((self.rows_of[k] for k in kept), np.int64, len(kept))
-            self.factor, self.paging, self.seen = self.factor[index], self.paging[index], self.seen[index]
-            self.rows_of = {k: i for i, k in enumerate(kept)}
-        for key in keys:
-            self.rows_of.setdefault(key, len(self.rows_of))
-        grown = len(self.rows_of) - len(self.factor)
-        if grown:
-            self.factor = np.pad(self.factor, (0, grown), constant_values=1.0)
-            self.paging = np.pad(self.paging, (0, grown))
-            self.seen = np.pad(self.seen, (0, grown), constant_values=np.nan)
-        return np.fromiter((self.rows_of[k] for k in keys), np.int64, len(keys))

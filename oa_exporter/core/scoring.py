@@ -21,6 +21,8 @@ its side saw in the window before it.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import numpy as np
 
 from .domain import Direction, SeriesKey
@@ -48,17 +50,59 @@ def anomaly_score(
     return score
 
 
-class Repeats:
-    """Per series, what the repeat rule remembers between cycles (see module docstring), in arrays by row."""
+class SeriesRows:
+    """Per-series state between cycles, in arrays whose last axis has one row per series, found by key.
+
+    A subclass names its arrays in COLUMNS (name: leading shape and fill value; the fill's type is the
+    array's). Rows are added for new series; once the gone ones outnumber the present ones, only the present
+    ones are kept. The rows of an unchanged series list are reused: no Python loop per series per cycle.
+    """
+
+    COLUMNS: ClassVar[dict[str, tuple[tuple[int, ...], Any]]] = {}
 
     def __init__(self) -> None:
         self.rows_of: dict[SeriesKey, int] = {}
         self._keys: list[SeriesKey] = []
         self._rows = np.empty(0, np.int64)
-        self.peak = np.zeros((2, 0))  # largest score above / below the forecast ...
-        self.since = np.zeros((2, 0))  # ... and when it was reached
-        self.divisor = np.ones(0)  # of the excursion in progress
-        self.paging = np.zeros(0, np.int8)  # 1 + the side of the last sample when it scored above 1, else 0
+        for name, (lead, fill) in self.COLUMNS.items():
+            setattr(self, name, np.full((*lead, 0), fill))
+
+    def rows(self, keys: list[SeriesKey]) -> np.ndarray:
+        """The state row of each key; rows are added for new series (and the state of gone ones dropped)."""
+        if keys == self._keys:
+            return self._rows
+        if len(self.rows_of) > 2 * len(keys) + 1000:  # series come and go: keep only the present ones
+            self._keep(keys)
+        for key in keys:
+            self.rows_of.setdefault(key, len(self.rows_of))
+        for name, (lead, fill) in self.COLUMNS.items():
+            array = getattr(self, name)
+            grown = len(self.rows_of) - array.shape[-1]
+            setattr(self, name, np.pad(array, [(0, 0)] * len(lead) + [(0, grown)], constant_values=fill))
+        self._keys, self._rows = keys, np.fromiter((self.rows_of[k] for k in keys), np.int64, len(keys))
+        return self._rows
+
+    def _keep(self, keys: list[SeriesKey]) -> None:
+        present = [k for k in keys if k in self.rows_of]
+        kept = np.fromiter((self.rows_of[k] for k in present), np.int64, len(present))
+        self.rows_of = dict(zip(present, range(len(present)), strict=True))
+        for name in self.COLUMNS:
+            setattr(self, name, getattr(self, name)[..., kept])
+
+
+class Repeats(SeriesRows):
+    """Per series, what the repeat rule remembers between cycles (see module docstring), in arrays by row."""
+
+    COLUMNS: ClassVar[dict[str, tuple[tuple[int, ...], Any]]] = {
+        "peak": ((2,), 0.0),  # largest score above / below the forecast ...
+        "since": ((2,), 0.0),  # ... and when it was reached
+        "divisor": ((), 1.0),  # of the excursion in progress
+        "paging": ((), np.int8(0)),  # 1 + the side of the last sample when it scored above 1, else 0
+    }
+    peak: np.ndarray
+    since: np.ndarray
+    divisor: np.ndarray
+    paging: np.ndarray
 
     def damp(self, keys: list[SeriesKey], timestamp: float, score: np.ndarray, below: np.ndarray,
              window: float) -> np.ndarray:
@@ -73,25 +117,3 @@ class Repeats:
         self.peak[side[higher], rows[higher]] = score[higher]
         self.since[side[higher], rows[higher]] = timestamp
         return score / self.divisor[rows]
-
-    def rows(self, keys: list[SeriesKey]) -> np.ndarray:
-        """The state row of each key; rows are added for new series (and the state of gone ones dropped)."""
-        if keys == self._keys:
-            return self._rows
-        if len(self.rows_of) > 2 * len(keys) + 1000:  # series come and go: keep only the present ones
-            self._keep(keys)
-        for key in keys:
-            self.rows_of.setdefault(key, len(self.rows_of))
-        grown = len(self.rows_of) - len(self.divisor)
-        self.peak, self.since = (np.pad(a, ((0, 0), (0, grown))) for a in (self.peak, self.since))
-        self.divisor = np.pad(self.divisor, (0, grown), constant_values=1.0)
-        self.paging = np.pad(self.paging, (0, grown))
-        self._keys, self._rows = keys, np.fromiter((self.rows_of[k] for k in keys), np.int64, len(keys))
-        return self._rows
-
-    def _keep(self, keys: list[SeriesKey]) -> None:
-        present = [k for k in keys if k in self.rows_of]
-        kept = np.fromiter((self.rows_of[k] for k in present), np.int64, len(present))
-        self.rows_of = dict(zip(present, range(len(present)), strict=True))
-        self.peak, self.since = self.peak[:, kept], self.since[:, kept]
-        self.divisor, self.paging = self.divisor[kept], self.paging[kept]
