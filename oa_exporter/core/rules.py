@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from .alert_templates import template_error
 from .domain import Direction, ModelSpec, Rule, RuleGroup, RuleSet
 from .durations import parse_duration
 from .errors import Problem, RuleError
@@ -359,6 +360,9 @@ def _labels(node: Mapping, key: str, ctx: _Context) -> dict[str, str]:
             ctx.report("labels: 'rule' is reserved: it carries the rule's name", section, name)
         elif isinstance(value, Mapping | list) or value is None:
             ctx.report(f"{key}: value of {name!r} must be a string", section, name)
+        elif error := template_error(str(value)):  # alerts generated from the rule carry it as a template
+            where = f" (line {error.line} of its text)" if "\n" in str(value).strip() else ""
+            ctx.report(f"{key}: {name!r} is not a valid Prometheus alert template{where}: {error}", section, name)
         else:
             labels[name] = str(value)
     return labels

@@ -1,10 +1,14 @@
-"""oa-exporter rules export / import: move rules between YAML files and the postgres config store.
+"""oa-exporter rules export / import / alerts: move rules between YAML files and the postgres config store;
+write the Prometheus alerting rules of rules files.
 
     oa-exporter rules export --config.postgres-dsn DSN [--out rules.yaml]     (stdout by default)
     oa-exporter rules import --config.postgres-dsn DSN rules/*.yaml           (replaces what the tables hold)
+    oa-exporter rules alerts rules/*.yaml [-o alerts.yaml] [--for 5m]         (stdout by default)
 
 An import is validated as `oa-exporter check` validates the files, then written in one transaction; every
-replica hears of it (NOTIFY) and reloads. An export writes one rules file that `check` accepts.
+replica hears of it (NOTIFY) and reloads. An export writes one rules file that `check` accepts. `alerts`
+validates the files as `check` does, then writes one alert per anomaly rule (core/alerting_rules.py) as a
+Prometheus rules file that `promtool check rules` accepts.
 """
 
 from __future__ import annotations
@@ -25,9 +29,22 @@ log = logging.getLogger("oa_exporter")
 
 def add_parser(commands: Any) -> None:
     """Register `oa-exporter rules export|import`."""
-    rules = commands.add_parser("rules", help="export or import the rules of the postgres config store",
-                                description="Move rules between YAML rules files and PostgreSQL.")
+    rules = commands.add_parser("rules", help="export or import the rules of the postgres config store; write "
+                                "the Prometheus alerts of rules files",
+                                description="Move rules between YAML rules files and PostgreSQL, or write one "
+                                "Prometheus alert per anomaly rule.")
     actions = rules.add_subparsers(dest="action", required=True)
+    alerts = actions.add_parser(
+        "alerts", help="write a Prometheus alerting rules file: one alert per anomaly rule",
+        description="Write one Prometheus alert per anomaly rule of the files (AnomalyDetected on the rule's "
+        "oa_anomaly_score > 1, with the rule's labels and annotations, whose templates Prometheus expands per "
+        "series). Load it in Prometheus in place of the openanomaly-anomalies group of rules/alerts/openanomaly.yaml.")
+    alerts.add_argument("files", nargs="+", help="rules files, directories or globs")
+    alerts.add_argument("-o", "--out", default="-", help="file to write (default: stdout)")
+    alerts.add_argument("--for", dest="wait", default="5m",
+                        help="how long a series scores above 1 before its alert fires (default 5m; 0: at once)")
+    alerts.add_argument("--model.engine", dest="model_engine", default=None, help="default engine (OA_MODEL_ENGINE)")
+    alerts.set_defaults(handler=run_alerts)
     for name, help_text in (("export", "write the database's rules as one YAML rules file"),
                             ("import", "replace the database's rules by those of rules files (validated first)")):
         action = actions.add_parser(name, help=help_text, description=help_text)
@@ -76,3 +93,54 @@ def _export(groups: list[dict[str, Any]], out: str) -> int:
     else:
         Path(out).write_text(text)
     return 0
+
+
+def run_alerts(args: argparse.Namespace) -> int:
+    """Handler of `oa-exporter rules alerts`; returns the exit code."""
+    from ..adapters.config.yaml_rules import expand
+    from ..bootstrap import config_store
+    from ..core.alerting_rules import alerting_rules
+    from ..core.durations import parse_duration
+
+    settings = Settings.from_env().with_overrides({"rules": tuple(args.files), "model_engine": args.model_engine})
+    try:
+        wait = parse_duration(args.wait) if args.wait not in ("0", 0) else 0.0
+    except ValueError as e:
+        print(f"rules alerts: --for: {e}", file=sys.stderr)
+        return 2
+    files = expand(settings.rules)
+    if not files:
+        print(f"no rules files match {' '.join(args.files)}", file=sys.stderr)
+        return 1
+    try:
+        rules = config_store(settings).load_files(files)  # as `check` validates them: every problem, file:line
+    except RuleError as e:
+        print("FAILED:\n" + "\n".join(str(p) for p in e.problems), file=sys.stderr)
+        return 1
+    header = (f"# Prometheus alerting rules written by `oa-exporter rules alerts` from {', '.join(map(str, files))}:\n"
+              "# one alert per anomaly rule. Load it (rule_files) in place of the openanomaly-anomalies group of\n"
+              "# rules/alerts/openanomaly.yaml; write it again whenever the rules change.\n")
+    text = header + yaml.dump(alerting_rules(rules, wait), Dumper=_BlockDumper, sort_keys=False, width=1 << 16,
+                              allow_unicode=True)
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text)
+    print(f"{len(rules.rules)} alerts written" + ("" if args.out == "-" else f" to {args.out}"), file=sys.stderr)
+    return 0
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Writes text of several lines as a literal block (|), as a person writes an alert's description, and
+    indents lists under their key."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
+
+
+def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value.strip("\n") and not value.endswith((" ", "\t")) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _text)
