@@ -20,12 +20,14 @@ DEFAULT_FOR = 300.0  # seconds above 1 before the alert fires, as the bundled al
 
 
 def alerting_rules(rules: RuleSet, wait: float = DEFAULT_FOR) -> dict[str, Any]:
-    """A Prometheus rules file (as data) with one alerting rule per anomaly rule, in the rules' order."""
+    """A Prometheus rules file (as data) with one alerting rule per anomaly rule, in the rules' order; `wait` is
+    the `for` of the rules that set none."""
     return {"groups": [{"name": GROUP, "rules": [alerting_rule(rule, wait) for rule in rules.rules]}]}
 
 
 def alerting_rule(rule: Rule, wait: float = DEFAULT_FOR) -> dict[str, Any]:
     """The alert on one rule's score: the bundled AnomalyDetected narrowed to the rule, with its own text."""
+    wait = wait if rule.alert_for is None else rule.alert_for
     score = f'oa_anomaly_score{{rule="{rule.name}"}} > 1'
     alert: dict[str, Any] = {
         "alert": ALERT,

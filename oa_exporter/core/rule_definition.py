@@ -26,6 +26,7 @@ def definition(rule: Rule) -> dict[str, Any]:
         "repeat_window": format_duration(rule.repeat_window) if rule.repeat_window else "off",
         "calibrate": format_duration(rule.calibrate) if rule.calibrate else "off",
         "labels": dict(rule.labels),
+        **({"for": format_duration(rule.alert_for)} if rule.alert_for is not None else {}),
     }
 
 

@@ -99,6 +99,7 @@ groups:
           runbook_url: https://runbooks.example/cpu
       - anomaly: restarts
         expr: sum by (namespace) (increase(kube_pod_container_status_restarts_total[15m]))
+        for: 15m                  # the wait of its alert, as in a Prometheus alerting rule
         labels: {severity: critical}
         annotations:
           description: |
@@ -114,7 +115,7 @@ def test_check_reports_a_template_prometheus_would_refuse_at_file_and_line(tmp_p
     err = capsys.readouterr().err
     assert f'{path}:8: rule "cpu": annotations: \'summary\' is not a valid Prometheus alert template: ' \
            'undefined variable "$label"' in err
-    assert f'{path}:14: rule "restarts": annotations: \'description\' is not a valid Prometheus alert template ' \
+    assert f'{path}:15: rule "restarts": annotations: \'description\' is not a valid Prometheus alert template ' \
            '(line 1 of its text): unexpected "}" in operand' in err
 
 
@@ -141,7 +142,7 @@ def test_rules_alerts_writes_one_alert_per_rule_with_its_labels_and_annotations(
             "runbook_url": "https://runbooks.example/cpu",
         },
     }
-    assert restarts["labels"] == {"rule": "restarts", "severity": "critical"}
+    assert restarts["labels"] == {"rule": "restarts", "severity": "critical"} and restarts["for"] == "15m"
     assert restarts["annotations"]["summary"] == "Anomaly in restarts: value outside its forecast band"
     assert restarts["annotations"]["description"] == (
         'Restarts in {{ $labels.namespace }}: {{ $value | printf "%.1f" }} times the usual.\n'
@@ -153,10 +154,20 @@ def test_rules_alerts_for_flag_and_stdout(tmp_path, capsys):
     rules = write_rules(tmp_path / "rules.yaml", RULES)
     assert main(["rules", "alerts", str(rules), "--for", "0"]) == 0
     [group] = yaml.safe_load(capsys.readouterr().out)["groups"]
-    assert all("for" not in alert for alert in group["rules"])
-    assert "(1 = the edge of the band). Compare" in group["rules"][0]["annotations"]["description"]
+    cpu, restarts = group["rules"]
+    assert "for" not in cpu and "(1 = the edge of the band). Compare" in cpu["annotations"]["description"]
+    assert restarts["for"] == "15m"  # the rule's own wins over the flag
     assert main(["rules", "alerts", str(rules), "--for", "soon"]) == 2
     assert "--for" in capsys.readouterr().err
+
+
+def test_a_rule_s_for_is_a_duration_or_off(tmp_path, capsys):
+    off = write_rules(tmp_path / "off.yaml", RULES.replace("for: 15m", "for: 0"))
+    assert main(["rules", "alerts", str(off)]) == 0
+    assert "for" not in yaml.safe_load(capsys.readouterr().out)["groups"][0]["rules"][1]
+    bad = write_rules(tmp_path / "bad.yaml", RULES.replace("for: 15m", "for: soon"))
+    assert main(["check", str(bad)]) == 1
+    assert f'{bad}:12: rule "restarts": for: invalid duration' in capsys.readouterr().err
 
 
 def test_rules_alerts_refuses_invalid_rules_files_as_check_does(tmp_path, capsys):
