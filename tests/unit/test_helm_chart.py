@@ -248,6 +248,45 @@ def test_prometheus_rule_carries_the_shipped_alert_rules_and_the_scrape_matches_
     assert re.fullmatch(re.search(r'job=~"([^"]+)"', down["expr"])[1], job), (job, down["expr"])
 
 
+MINE = """
+groups:
+  - name: mine
+    rules:
+      - anomaly: up_count
+        expr: count(up)
+        for: 15m
+        labels: {team: web, severity: critical}
+        annotations: {summary: "{{ $value }} targets are up", runbook_url: "https://runbooks.example/up"}
+      - anomaly: up_now
+        expr: count(up)
+        for: 0
+"""
+
+
+def test_rule_alerts_are_the_alerts_oa_exporter_writes_for_the_chart_s_rules(tmp_path, capsys):
+    examples = ["node.yaml", "kubernetes.yaml", "http-red.yaml"]
+    values = {"prometheusRule": {"enabled": True, "ruleAlerts": True},
+              "rules": {"examples": examples, "files": {"mine.yaml": MINE}}}
+    rule = next(iter(by_kind(render(values), "PrometheusRule").values()))
+    (tmp_path / "mine.yaml").write_text(MINE)
+    files = [str(CHART / "files" / "rules" / name) for name in examples] + [str(tmp_path / "mine.yaml")]
+    assert cli(["rules", "alerts", *files, "-o", str(tmp_path / "alerts.yaml")]) == 0, capsys.readouterr().err
+    written = yaml.safe_load((tmp_path / "alerts.yaml").read_text())["groups"]
+    bundled = yaml.safe_load(ALERTS.read_text())["groups"]
+    assert rule["spec"]["groups"] == written + [g for g in bundled if g["name"] != "openanomaly-anomalies"]
+    up_count, up_now = written[0]["rules"][-2:]
+    assert up_count["for"] == "15m" and "for" not in up_now
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
+    check = subprocess.run(["promtool", "check", "rules", str(tmp_path / "rules.yaml")], capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_rule_alerts_need_the_chart_s_own_rules():
+    with pytest.raises(HelmError, match="oa-exporter rules alerts"):
+        render({"prometheusRule": {"enabled": True, "ruleAlerts": True}, "rules": {"existingConfigMap": "mine"}})
+
+
 def test_secrets_come_from_the_chart_or_an_existing_secret():
     key = "a-signing-key-of-mine"
     objects = render({"secret": {"artifactKey": key}})

@@ -221,3 +221,42 @@ app.kubernetes.io/part-of: openanomaly
 - name: tmp
   mountPath: /tmp
 {{- end -}}
+
+{{/* prometheusRule.ruleAlerts: the group `oa-exporter rules alerts` writes for the chart's rules files (core/alerting_rules.py) */}}
+{{- define "openanomaly.ruleAlerts" -}}
+{{- if .Values.rules.existingConfigMap }}
+{{- fail "prometheusRule.ruleAlerts writes alerts for the chart's own rules (rules.files, rules.examples), not for rules.existingConfigMap: write those with `oa-exporter rules alerts` into a PrometheusRule of your own" }}
+{{- end }}
+{{- $texts := list }}
+{{- range $file := .Values.rules.examples }}
+{{- $texts = append $texts (dict "name" $file "text" ($.Files.Get (printf "files/rules/%s" $file))) }}
+{{- end }}
+{{- range $file, $text := .Values.rules.files }}
+{{- $texts = append $texts (dict "name" $file "text" $text) }}
+{{- end }}
+{{- $alerts := list }}
+{{- range $source := $texts }}
+{{- $document := fromYaml $source.text }}
+{{- if hasKey $document "Error" }}
+{{- fail (printf "rules file %s is not valid YAML: %s" $source.name $document.Error) }}
+{{- end }}
+{{- range $group := $document.groups }}
+{{- range $rule := $group.rules }}
+{{- $wait := toString $.Values.prometheusRule.ruleAlertsFor }}
+{{- if hasKey $rule "for" }}{{ $wait = toString (get $rule "for") }}{{ end }}
+{{- $held := "" }}
+{{- if not (has $wait (list "0" "off" "")) }}{{ $held = printf " for %s" $wait }}{{ end }}
+{{- $alert := dict "alert" "AnomalyDetected" "expr" (printf "label_replace(oa_anomaly_score{rule=\"%s\"} > 1, \"severity\", \"warning\", \"severity\", \"\")" $rule.anomaly) }}
+{{- if $held }}{{ $_ := set $alert "for" $wait }}{{ end }}
+{{- $labels := dict "rule" $rule.anomaly }}
+{{- range $name, $value := $rule.labels }}{{ $_ := set $labels $name (toString $value) }}{{ end }}
+{{- $annotations := dict "summary" (printf "Anomaly in %s: value outside its forecast band" $rule.anomaly) "description" (printf "The series has scored {{ printf \"%%.2f\" $value }} (1 = the edge of the band)%s. Compare oa_y with oa_yhat_lower and oa_yhat_upper on the \"OpenAnomaly / Rule detail\" dashboard." $held) }}
+{{- range $name, $value := $rule.annotations }}{{ $_ := set $annotations $name (toString $value) }}{{ end }}
+{{- $_ := set $alert "labels" $labels }}
+{{- $_ := set $alert "annotations" $annotations }}
+{{- $alerts = append $alerts $alert }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "name" "openanomaly-rules" "rules" $alerts) }}
+{{- end -}}
