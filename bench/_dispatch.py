@@ -91,8 +91,8 @@ async def dask_run(url: str, rules: list[Rule], workers: int, models: Path, logs
 class DaskCluster:
     """`dask scheduler` and `workers` `dask worker` processes (1 thread each), every socket on loopback."""
 
-    def __init__(self, logs: Path, workers: int):
-        self.logs, self.size, self.port = logs, workers, _free_port()
+    def __init__(self, logs: Path, workers: int, memory: str = "4GB"):
+        self.logs, self.size, self.port, self.memory = logs, workers, _free_port(), memory
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.procs: list[subprocess.Popen] = []
 
@@ -103,7 +103,7 @@ class DaskCluster:
         for i in range(self.size):
             self._spawn(f"worker-{self.size}-{i}", "distributed.cli.dask_worker", self.address, "--host", "127.0.0.1",
                         "--dashboard-address", "127.0.0.1:0", "--nworkers", "1", "--nthreads", "1",
-                        "--memory-limit", "4GB")
+                        "--memory-limit", self.memory)
         from distributed import Client
 
         with Client(self.address, timeout=60) as client:

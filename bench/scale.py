@@ -8,9 +8,10 @@ that many series (in its own process) and prints: the fit of the shard's series 
 5 minutes, in the local pool), a scoring cycle's wall time and CPU time (instant query of every series, the
 shard's selection, scoring, /metrics render and gzip), the bytes each replica reads from the TSDB per cycle
 (the whole instant query, whatever the shard count), the shard's /metrics page (plain and gzip), and the peak
-RSS. With --dask: the fit of all the series on a Dask cluster of 1 and then 2 workers (the engine spreads
-SeasonalProfile's row blocks over the cluster; with --dask-model mlforecast:Ridge, DistributedMLForecast fits
-rules of 5,000 series or more), against the same fit in one process. Baselines are measured in the same run:
+RSS. With --dask: the fit of all the series on a Dask cluster of 1 and then 2 workers of 2 GB each, sent as the
+trainer sends it (SeasonalProfile in jobs of row blocks from this process, joined here; with --dask-model
+mlforecast:Ridge, one job, and DistributedMLForecast fits rules of 5,000 series or more), against the same fit in
+one process: wall and CPU time, and the peak memory of the largest worker. Baselines are measured in the same run:
 shards 1 is the single daemon. Last line: one JSON object.
 """
 
@@ -120,28 +121,79 @@ async def one_shard(n: int, count: int, repeat: int) -> dict:
 
 
 async def dask_training(n: int, model: str) -> dict:
-    """The model (engine:name) on all n series: one process, then on a Dask cluster of 1 and 2 workers."""
+    """The model (engine:name) on all n series: one process, then on a Dask cluster of 1 and 2 workers, sent as the
+    trainer sends it (a separable model in row blocks from this process); wall and CPU time of each, and the peak
+    memory of this process, of the scheduler and of the largest worker."""
     from bench._dispatch import DaskCluster
     from oa_exporter.adapters.dispatch.dask import DaskDispatcher
     from oa_exporter.bootstrap import engine_registry
     from oa_exporter.core.domain import ModelSpec
+    from oa_exporter.core.services.trainer import fit_rule
 
     spec = ModelSpec(*model.split(":", 1))
     data, engine, warm = history(n, time.time()), engine_registry()[spec.engine], engine_registry()[spec.engine]
     warm.distributed_from = 1  # type: ignore[attr-defined]  # the warm-up takes the distributed path too
-    started = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     engine.fit(data, spec, 99.0)
-    result = {"series": n, "model": model, "one_process_s": round(time.perf_counter() - started, 2)}
+    result = {"series": n, "model": model, "history_mb": round(data.values.nbytes / 1e6, 1),
+              "one_process_s": round(time.perf_counter() - wall, 2),
+              "one_process_cpu_s": round(time.process_time() - cpu, 2)}
     with tempfile.TemporaryDirectory() as tmp:
         for workers in (1, 2):
-            with DaskCluster(Path(tmp), workers) as cluster:
+            with DaskCluster(Path(tmp), workers, memory=WORKER_MEMORY) as cluster:
                 dispatcher = DaskDispatcher(cluster.address, timeout=3600)
-                await dispatcher.run(warm.fit, history(20, time.time()), spec, 99.0)  # warm: imports
-                started = time.perf_counter()
-                await dispatcher.run(engine.fit, data, spec, 99.0)
-                result[f"dask_{workers}w_s"] = round(time.perf_counter() - started, 2)
+                small = history(400, time.time())
+                dispatcher.block_bytes = small.values.nbytes // 8  # warm: imports, on every worker
+                await fit_rule(dispatcher, warm, small, spec, 99.0)
+                dispatcher.block_bytes = BLOCK_BYTES
+                scheduler, nannies = cluster.procs[0].pid, [p.pid for p in cluster.procs[1:]]
+                before = sum(_cpu(pid) for pid in [scheduler, *_in_groups(nannies)])
+                wall, cpu = time.perf_counter(), time.process_time()
+                await fit_rule(dispatcher, engine, data, spec, 99.0)
+                key = f"dask_{workers}w"
+                result[f"{key}_s"] = round(time.perf_counter() - wall, 2)
+                result[f"{key}_daemon_cpu_s"] = round(time.process_time() - cpu, 2)
+                result[f"{key}_cluster_cpu_s"] = round(
+                    sum(_cpu(pid) for pid in [scheduler, *_in_groups(nannies)]) - before, 2)
+                result[f"{key}_worker_peak_mb"] = round(max(_peak(pid) for pid in _in_groups(nannies, False)), 1)
+                result[f"{key}_scheduler_peak_mb"] = round(_peak(scheduler), 1)
                 await dispatcher.close()
+    result["daemon_peak_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return result
+
+
+WORKER_MEMORY = "2GB"  # each worker's --memory-limit, as the tests start them
+BLOCK_BYTES = 32 << 20  # the dask dispatcher's default block
+
+
+def _in_groups(leaders: list[int], with_leaders: bool = True) -> list[int]:
+    """The processes of the process groups led by `leaders` (a worker's nanny and the worker it started)."""
+    import os
+
+    found = []
+    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+        try:
+            if os.getpgid(pid) in leaders and (with_leaders or pid not in leaders):
+                found.append(pid)
+        except ProcessLookupError:
+            continue
+    return found
+
+
+def _cpu(pid: int) -> float:
+    """User and system CPU seconds of a process so far."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _peak(pid: int) -> float:
+    """A process's peak resident memory (VmHWM), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def main() -> None:
@@ -175,9 +227,17 @@ def main() -> None:
         for n in args.series:
             row = _child(["--dask-one", f"{n}:{args.dask_model}"])
             training.append(row)
-            print(f"{n:>7} series, {args.dask_model}: one process {row['one_process_s']:.1f} s; Dask 1 worker "
+            print(f"{n:>7} series ({row['history_mb']:.0f} MB of history), {args.dask_model}: one process "
+                  f"{row['one_process_s']:.1f} s ({row['one_process_cpu_s']:.1f} s CPU); Dask 1 worker "
                   f"{row['dask_1w_s']:.1f} s, 2 workers {row['dask_2w_s']:.1f} s "
                   f"({row['dask_1w_s'] / row['dask_2w_s']:.2f}x)", flush=True)
+            for w in (1, 2):
+                print(f"{'':>9}{w} worker(s): CPU {row[f'dask_{w}w_daemon_cpu_s']:.1f} s here, "
+                      f"{row[f'dask_{w}w_cluster_cpu_s']:.1f} s on the cluster; peak memory: largest worker "
+                      f"{row[f'dask_{w}w_worker_peak_mb']:.0f} MB, scheduler {row[f'dask_{w}w_scheduler_peak_mb']:.0f}"
+                      f" MB", flush=True)
+            print(f"{'':>9}peak memory of this process (history, one-process fit): {row['daemon_peak_mb']:.0f} MB",
+                  flush=True)
     print(json.dumps({"shards": rows, "training": training}))
 
 

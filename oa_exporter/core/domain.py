@@ -181,6 +181,7 @@ class Capabilities:
     global_model: bool = False  # one model across series: forecasts a series it was not fitted on from its history
     gpu: bool = False  # trains on a GPU when one is at hand (and on the CPU otherwise)
     update: bool = False  # engine.update takes newer history (new series too, if global) without a full refit
+    separable: bool = False  # the fit of a rule is its row blocks' fits put together (engine.join): may be spread
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -81,6 +81,10 @@ class ModelEngine(Protocol):
         """The fitted model conditioned on newer `history` (whose rows it then covers) without refitting its weights;
         only where capabilities(spec).update, others raise NotImplementedError."""
 
+    def join(self, parts: Sequence[Fitted]) -> Fitted:
+        """One Fitted of the series of `parts` (fits of consecutive row blocks), in order; only where
+        capabilities(spec).separable, others raise NotImplementedError."""
+
 
 class ArtifactStore(Protocol):
     """Where fitted models live between fits, across restarts and for other replicas. Raises ArtifactError."""
@@ -137,6 +141,9 @@ class JobDispatcher(Protocol):
 
     async def run(self, fn: Callable[..., T], *args: Any, gpu: bool = False) -> T:
         """Run fn(*args) elsewhere and await its result; exceptions propagate. gpu: place it on a free GPU."""
+
+    async def split(self, series: int, points: int) -> tuple[int, int]:
+        """How to send a separable fit of series x points: (series per job, jobs at once); (series, 1) is one job."""
 
     async def close(self) -> None:
         """Stop the workers; safe to call twice."""

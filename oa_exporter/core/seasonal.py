@@ -225,14 +225,14 @@ def fit(values: np.ndarray, start: float, step: float, params: Mapping[str, Any]
         return _fit_rows(values, start, step, params)
     blocks = [values[i : i + rows] for i in range(0, values.shape[0], rows)]
     fit_block = functools.partial(_fit_rows, start=start, step=step, params=params)
-    return _concatenate(list((mapper or _map)(fit_block, blocks)))
+    return concatenate(list((mapper or _map)(fit_block, blocks)))
 
 
 def _map(fn: Callable[[np.ndarray], SeasonalProfile], blocks: list[np.ndarray]) -> list[SeasonalProfile]:
     return [fn(block) for block in blocks]
 
 
-def _concatenate(blocks: list[SeasonalProfile]) -> SeasonalProfile:
+def concatenate(blocks: list[SeasonalProfile]) -> SeasonalProfile:
     """One SeasonalProfile of the series of `blocks`, in order (fitted on the same grid with the same params)."""
     seasons = tuple(replace(season, profile=np.concatenate([b.seasons[k].profile for b in blocks]))
                     for k, season in enumerate(blocks[0].seasons))

@@ -18,6 +18,7 @@ from oa_exporter.adapters.telemetry.prometheus_client import PrometheusTelemetry
 from oa_exporter.bootstrap import App, bootstrap, engine_registry
 from oa_exporter.core.domain import Model, ModelSpec, SeriesMatrix
 from oa_exporter.core.errors import DispatchError
+from oa_exporter.core.services.trainer import fit_rule
 from oa_exporter.settings import Settings
 from tests.dask_cluster import DaskCluster
 from tests.unit.fakes import DAY, FakeClock, FakeTsdb, seasonal_series, value, values
@@ -151,20 +152,18 @@ async def test_an_unreachable_scheduler_fails_the_job_with_a_dispatch_error():
     await dispatcher.close()
 
 
-@pytest.mark.parametrize("spec", [ModelSpec("statsforecast", "AutoETS", {"model": "ZZN"}),
-                                  ModelSpec("statsforecast", "SeasonalProfile")], ids=["fugue", "row-blocks"])
-async def test_a_large_rule_fitted_across_the_cluster_gives_the_single_process_bands(dask_cluster, spec):
+async def test_a_large_statsforecast_rule_fitted_through_fugue_gives_the_single_process_bands(dask_cluster):
     single = engine_registry()["statsforecast"]
     spread = engine_registry()["statsforecast"]
     spread.distributed_from = 4  # type: ignore[attr-defined]  # "large" from 4 series: the switch, made small
-    data = history(series=6, days=2)
+    spec, data = ModelSpec("statsforecast", "AutoETS", {"model": "ZZN"}), history(series=6, days=2)
     dispatcher = DaskDispatcher(dask_cluster.address, timeout=300)
     try:
         remote = await dispatcher.run(spread.fit, data, spec, 99.0)
     finally:
         await dispatcher.close()
     local = single.fit(data, spec, 99.0)
-    assert (remote.payload.forecast is not None) == (spec.name != "SeasonalProfile")  # distributed: the forecast
+    assert remote.payload.forecast is not None  # distributed: the forecast is kept
     assert not remote.errors
 
     def bands(fitted):
@@ -174,6 +173,39 @@ async def test_a_large_rule_fitted_across_the_cluster_gives_the_single_process_b
     ours, theirs = bands(remote), bands(local)
     for name in ("yhat", "lower", "upper"):  # Fugue's results are float32 (statsforecast's own tolerance there)
         np.testing.assert_allclose(getattr(ours, name), getattr(theirs, name), rtol=1e-5)
+
+
+async def test_a_seasonal_profile_rule_goes_to_the_cluster_in_row_blocks_and_gives_the_one_job_model(dask_cluster):
+    engine, spec = engine_registry()["statsforecast"], ModelSpec("statsforecast", "SeasonalProfile")
+    data = history(series=7, days=2)
+    dispatcher = DaskDispatcher(dask_cluster.address, timeout=300)
+    dispatcher.block_bytes = 2 * data.values[0].nbytes  # two series a job: 4 jobs, 4 at once on 2 workers
+    before = await tasks_named(dask_cluster.address, "fit-")
+    try:
+        assert await dispatcher.split(7, data.values.shape[1]) == (2, 4)
+        remote = await fit_rule(dispatcher, engine, data, spec, 99.0)
+    finally:
+        await dispatcher.close()
+    assert await tasks_named(dask_cluster.address, "fit-") - before == 4
+    local = engine.fit(data, spec, 99.0)
+
+    def bands(fitted):
+        model = Model("r", "f", "statsforecast", data.keys, data.labels, END, data.start, END, 300.0, fitted)
+        return engine.predict(model, END + 300, 24, 99.0)
+
+    ours, theirs = bands(remote), bands(local)
+    for name in ("yhat", "lower", "upper"):  # row by row: the same numbers, not merely close
+        np.testing.assert_array_equal(getattr(ours, name), getattr(theirs, name))
+    np.testing.assert_array_equal(remote.ok, local.ok)
+
+
+async def tasks_named(address: str, prefix: str) -> int:
+    """How many tasks whose key starts with `prefix` the cluster has run so far."""
+    from distributed import Client
+
+    async with Client(address, asynchronous=True) as client:
+        stream = await client.get_task_stream()  # the first call installs the scheduler's recorder
+    return sum(str(task["key"]).lstrip("('\"").startswith(prefix) for task in stream)
 
 
 async def moments_tasks(address: str) -> int:

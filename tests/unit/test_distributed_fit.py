@@ -1,14 +1,20 @@
-"""The engines' distributed path, off the cluster: row blocks mapped elsewhere, and a kept forecast's horizon."""
+"""The engines' distributed path, off the cluster: row blocks mapped elsewhere or sent as jobs of their own, and a
+kept forecast's horizon."""
 
 from __future__ import annotations
+
+import asyncio
 
 import numpy as np
 import pytest
 
 from oa_exporter.adapters.engines import _dask
 from oa_exporter.adapters.engines.statsforecast import StatsForecastEngine, _Payload
+from oa_exporter.bootstrap import engine_registry
 from oa_exporter.core import seasonal
-from oa_exporter.core.domain import Fitted, Model
+from oa_exporter.core.domain import Fitted, Model, ModelSpec, SeriesMatrix
+from oa_exporter.core.services.trainer import fit_rule
+from tests.unit.fakes import InlineDispatcher
 
 STEP, START = 300.0, 1_700_000_100.0
 
@@ -34,6 +40,80 @@ def test_row_blocks_fitted_by_a_mapper_give_the_model_of_one_pass(monkeypatch):
     t = START + STEP * np.arange(864, 900)
     for a, b in zip(whole.predict(t, 99.0), blocked.predict(t, 99.0), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+class Splitting(InlineDispatcher):
+    """Like a cluster: a separable fit in jobs of `rows` series, `at_once` of them at a time; records each job."""
+
+    def __init__(self, rows: int, at_once: int):
+        super().__init__()
+        self.rows, self.at_once = rows, at_once
+        self.sizes: list[int] = []
+        self.running = self.most = 0
+
+    async def split(self, series: int, points: int) -> tuple[int, int]:
+        return self.rows, self.at_once
+
+    async def run(self, fn, *args, gpu=False):
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await asyncio.sleep(0.01)  # the others start meanwhile, as on a cluster
+            self.sizes.append(len(args[0].keys) if args and isinstance(args[0], SeriesMatrix) else 0)
+            return await super().run(fn, *args, gpu=gpu)
+        finally:
+            self.running -= 1
+
+
+def matrix(series: int) -> SeriesMatrix:
+    keys = [f"s{i}".encode() for i in range(series)]
+    return SeriesMatrix(keys, [{"s": str(i)} for i in range(series)], START, STEP, values(series))
+
+
+def bands_of(fitted: Fitted, data: SeriesMatrix, engine: str = "statsforecast"):
+    end = float(data.timestamps[-1])
+    model = Model("r", "f", engine, data.keys, data.labels, end, data.start, end, STEP, fitted)
+    return engine_registry()[engine].predict(model, end + STEP, 36, 99.0)
+
+
+async def test_a_separable_fit_sent_in_row_blocks_is_the_fit_of_one_job():
+    engine, data, spec = StatsForecastEngine(), matrix(30), ModelSpec("statsforecast", "SeasonalProfile")
+    dispatcher = Splitting(rows=7, at_once=2)
+    spread = await fit_rule(dispatcher, engine, data, spec, 99.0)
+    assert sorted(dispatcher.sizes) == [2, 7, 7, 7, 7] and dispatcher.most == 2  # 5 jobs, never more than 2 at once
+    whole = engine.fit(data, spec, 99.0)
+    np.testing.assert_array_equal(spread.ok, whole.ok)
+    ours, theirs = bands_of(spread, data), bands_of(whole, data)
+    for name in ("yhat", "lower", "upper"):
+        np.testing.assert_array_equal(getattr(ours, name), getattr(theirs, name))
+    stored = engine.loads(engine.dumps(spread))
+    np.testing.assert_array_equal(bands_of(stored, data).upper, theirs.upper)
+
+
+async def test_a_model_that_is_not_separable_goes_in_one_job():
+    pytest.importorskip("sklearn")
+    dispatcher = Splitting(rows=7, at_once=2)
+    await fit_rule(dispatcher, engine_registry()["sklearn"], matrix(30), ModelSpec("sklearn", "Ridge"), 99.0)
+    assert dispatcher.sizes == [30]
+
+
+async def test_a_failed_block_fails_the_fit_with_its_own_error():
+    dispatcher = Splitting(rows=7, at_once=2)
+    dispatcher.fail = True
+    with pytest.raises(MemoryError):
+        await fit_rule(dispatcher, StatsForecastEngine(), matrix(30), ModelSpec("statsforecast", "SeasonalProfile"),
+                       99.0)
+
+
+def test_joined_blocks_keep_each_series_error_at_its_own_row():
+    engine, data = StatsForecastEngine(), values(series=5)
+    parts = []
+    for rows, errors in ((slice(0, 2), {1: "first block, second row"}), (slice(2, 5), {0: "third row"})):
+        profile = seasonal.fit(data[rows], START, STEP, {})
+        parts.append(Fitted(_Payload(profile, [], 0), profile.ok, errors))
+    joined = engine.join(parts)
+    assert joined.errors == {1: "first block, second row", 2: "third row"}
+    assert len(joined.ok) == 5 and joined.payload.forecast is None
 
 
 def test_off_a_dask_worker_a_large_rule_is_fitted_here():

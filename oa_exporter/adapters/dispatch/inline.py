@@ -14,5 +14,9 @@ class InlineDispatcher:
     async def run(self, fn: Callable[..., T], *args: Any, gpu: bool = False) -> T:
         return fn(*args)
 
+    async def split(self, series: int, points: int) -> tuple[int, int]:
+        """One job: a separable fit is not split here."""
+        return series, 1
+
     async def close(self) -> None:
         pass

@@ -100,6 +100,10 @@ class LocalPoolDispatcher:
         job.succeeded()
         return result
 
+    async def split(self, series: int, points: int) -> tuple[int, int]:
+        """One job: the fit blocks its rows itself in one child, and the rule's other jobs keep the other cores."""
+        return series, 1
+
     async def _with_retries(self, fn: Callable[..., T], args: tuple, gpu: bool, job: _Reported) -> T:
         while True:
             try:

@@ -27,6 +27,10 @@ class ThreadDispatcher:
     async def run(self, fn: Callable[..., T], *args: Any, gpu: bool = False) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
 
+    async def split(self, series: int, points: int) -> tuple[int, int]:
+        """One job: the fit blocks its rows itself, here in this process."""
+        return series, 1
+
     async def close(self) -> None:
         """Drop the jobs not started, wait for the running ones; safe to call twice."""
         await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)

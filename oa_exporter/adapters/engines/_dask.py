@@ -2,9 +2,11 @@
 
 A fit the dask dispatcher runs lands on a Dask worker. There, an engine given at least `distributed_from`
 series takes a client to the same cluster (`worker_client`: the task steps aside while the pieces run) and
-spreads the work: SeasonalProfile's row blocks as tasks, StatsForecast models through Fugue
-(`StatsForecast.forecast(df=<dask frame>)`), MLForecast's linear regressors through `DistributedMLForecast` on a
-Dask frame. Anywhere else (the local pool, a backtest) nothing changes.
+spreads the work: StatsForecast models through Fugue (`StatsForecast.forecast(df=<dask frame>)`, their
+SeasonalProfile fallback in row blocks as tasks), MLForecast's linear regressors through `DistributedMLForecast`
+on a Dask frame. Anywhere else (the local pool, a backtest) nothing changes. SeasonalProfile rules themselves
+never arrive whole: they are separable, and the trainer sends them in row blocks from the daemon (see
+adapters/dispatch/dask.py).
 """
 
 from __future__ import annotations

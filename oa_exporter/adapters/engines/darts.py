@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,9 @@ class DartsEngine:
             return _batch.fit(history, cfg["min_points"], lambda frame: _train_global(frame, cfg), level, cfg,
                               context_points=history.values.shape[1])
         return _fit_local(history, cfg, level)
+
+    def join(self, parts: Sequence[Fitted]) -> Fitted:
+        raise NotImplementedError("darts fits are not separable by rows: one fit of the rule's series")
 
     def update(self, model: Model, history: SeriesMatrix) -> Fitted:
         cfg = _batch.payload_of(model.fitted).params

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,9 @@ class MLForecastEngine:
             if cluster is not None:
                 return _batch.fit(history, _min_points(cfg), lambda frame: _train_on(cluster, frame, cfg), level, cfg)
             return _batch.fit(history, _min_points(cfg), lambda frame: _train(frame, cfg), level, cfg)
+
+    def join(self, parts: Sequence[Fitted]) -> Fitted:
+        raise NotImplementedError("mlforecast fits are not separable by rows: a global model")
 
     def update(self, model: Model, history: SeriesMatrix) -> Fitted:
         cfg = _batch.payload_of(model.fitted).params

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -69,6 +70,9 @@ class NeuralForecastEngine:
         cfg = {**_settings(spec.params), "name": spec.name, "step": history.step}
         return _batch.fit(history, _min_points(cfg), lambda frame: _train(frame, cfg, level), level, cfg,
                           context_points=cfg["input_size"])
+
+    def join(self, parts: Sequence[Fitted]) -> Fitted:
+        raise NotImplementedError("neuralforecast fits are not separable by rows: a global model")
 
     def update(self, model: Model, history: SeriesMatrix) -> Fitted:
         cfg = _batch.payload_of(model.fitted).params

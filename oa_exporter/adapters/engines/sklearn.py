@@ -29,6 +29,7 @@ so anomaly_score > 1 exactly where the detector would call the sample an outlier
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +90,9 @@ class SklearnEngine:
             return _fit_outlier(estimator, matrix, baseline, times, holdout, cfg)
 
         return _batch.fit(history, min_points, train, level, {**cfg, "min_points": min_points})
+
+    def join(self, parts: Sequence[Fitted]) -> Fitted:
+        raise NotImplementedError("sklearn fits are not separable by rows: a global model")
 
     def update(self, model: Model, history: SeriesMatrix) -> Fitted:
         payload = _batch.payload_of(model.fitted)

@@ -4,11 +4,12 @@ SeasonalProfile (the default) fits all series of a rule at once with numpy. Any 
 `statsforecast.models` built with the rule's params and fitted per series; a series whose fit fails falls
 back to SeasonalProfile (counted in Fitted.errors), so one bad series never fails the rule.
 
-On a Dask worker (the dask dispatcher), a rule of `distributed_from` series or more is spread over the cluster
-(see _dask.py): SeasonalProfile's row blocks as tasks (the same model), other models through Fugue. Distributed
-StatsForecast forecasts but keeps no fitted models, so the model kept is the forecast itself: DISTRIBUTED_AHEAD
-seconds of bands from the window's end, at the rule's level; past them the series falls back to SeasonalProfile
-until the next refit (train.every, a day by default).
+SeasonalProfile fits row by row, so it is separable: on a Dask cluster the trainer sends it as jobs of row
+blocks and `join` puts the blocks' models end to end (the same model as one pass). On a Dask worker (the dask
+dispatcher), a rule of another model with `distributed_from` series or more is spread over the cluster through
+Fugue (see _dask.py). Distributed StatsForecast forecasts but keeps no fitted models, so the model kept is the
+forecast itself: DISTRIBUTED_AHEAD seconds of bands from the window's end, at the rule's level; past them the
+series falls back to SeasonalProfile until the next refit (train.every, a day by default).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import functools
 import inspect
 import math
 import pickle
+from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
@@ -55,11 +57,10 @@ class StatsForecastEngine:
             raise ValueError(f"bad params for statsforecast {spec.name}: {e}") from e
 
     def fit(self, history: SeriesMatrix, spec: ModelSpec, level: float) -> Fitted:
+        if spec.name == DEFAULT_MODEL:  # on a cluster, the trainer sends it in row blocks (separable)
+            profile = seasonal.fit(history.values, history.start, history.step, spec.params)
+            return Fitted(_Payload(profile, [], 0), profile.ok)
         with _dask.cluster_client(len(history.keys), self.distributed_from) as cluster:
-            if spec.name == DEFAULT_MODEL:
-                mapper = _dask.block_mapper(cluster) if cluster is not None else None
-                profile = seasonal.fit(history.values, history.start, history.step, spec.params, mapper)
-                return Fitted(_Payload(profile, [], 0), profile.ok)
             if cluster is not None:
                 return _forecast_on_cluster(cluster, history, spec, level)
             return _fit_per_series(history, spec)
@@ -89,8 +90,21 @@ class StatsForecastEngine:
         return fitted
 
     def capabilities(self, spec: ModelSpec) -> Capabilities:
-        """Local models, fitted per series (SeasonalProfile: per rule), CPU only, refit to learn."""
-        return Capabilities()
+        """Local models, fitted per series (SeasonalProfile: per rule, row by row, so separable), CPU only,
+        refit to learn."""
+        return Capabilities(separable=spec.name == DEFAULT_MODEL)
+
+    def join(self, parts: Sequence[Fitted]) -> Fitted:
+        """The fits of consecutive row blocks as one: fallbacks, models and kept forecasts put end to end."""
+        payloads: list[_Payload] = [part.payload for part in parts]
+        offsets = np.cumsum([0] + [len(part.ok) for part in parts])
+        forecasts = [p.forecast for p in payloads if p.forecast is not None]
+        payload = _Payload(seasonal.concatenate([p.fallback for p in payloads]),
+                           [m for p in payloads for m in p.models], payloads[0].end_index,
+                           np.concatenate(forecasts, axis=1) if forecasts else None)
+        errors = {int(offset) + row: error for part, offset in zip(parts, offsets, strict=False)
+                  for row, error in part.errors.items()}
+        return Fitted(payload, np.concatenate([part.ok for part in parts]), errors)
 
     def update(self, model: Model, history: SeriesMatrix) -> Fitted:
         raise NotImplementedError("statsforecast models learn new observations only by a refit")

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..domain import FitRecord, Model, Rule, SeriesKey, SeriesMatrix, SeriesState
+from ..domain import FitRecord, Fitted, Model, ModelSpec, Rule, SeriesKey, SeriesMatrix, SeriesState
 from ..durations import format_duration
 from ..errors import ArtifactError, ArtifactRejected, CardinalityError, DispatchError, EngineError, RejectReason
 from ..excursions import Ongoing, held_back
@@ -26,6 +26,35 @@ log = logging.getLogger(__name__)
 # store still scores (and so refits) is never touched.
 REMOVED_RULE_GRACE = 7 * 86400.0
 ORPHAN_CHECK_PERIOD = 3600.0  # how often the store is searched for them
+
+
+async def fit_rule(dispatcher: JobDispatcher, engine: ModelEngine, history: SeriesMatrix, spec: ModelSpec,
+                   level: float) -> Fitted:
+    """engine.fit(history, spec, level) through the dispatcher: one job, or, for a separable model that the
+    dispatcher wants split (a cluster), jobs of consecutive row blocks, a few at once, joined in order.
+
+    Blocks are views of `history`, so the split copies nothing here, and a job carries only its block: no
+    worker ever holds the whole history. The first block that fails fails the fit (the others are cancelled).
+    """
+    capabilities = engine.capabilities(spec)
+    rows, at_once = (await dispatcher.split(len(history.keys), history.values.shape[1]) if capabilities.separable
+                     else (len(history.keys), 1))
+    if rows >= len(history.keys):
+        return await dispatcher.run(engine.fit, history, spec, level, gpu=capabilities.gpu)
+    slots = asyncio.Semaphore(max(at_once, 1))
+
+    async def block(first: int) -> Fitted:
+        part = SeriesMatrix(history.keys[first : first + rows], history.labels[first : first + rows],
+                            history.start, history.step, history.values[first : first + rows])
+        async with slots:
+            return await dispatcher.run(engine.fit, part, spec, level, gpu=capabilities.gpu)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            parts = [group.create_task(block(first)) for first in range(0, len(history.keys), rows)]
+    except BaseExceptionGroup as failed:  # the first failure, as one job's would be
+        raise failed.exceptions[0]  # noqa: B904 - it carries its own traceback
+    return engine.join([part.result() for part in parts])
 
 
 class Trainer:
@@ -166,8 +195,7 @@ class Trainer:
         started = time.perf_counter()
         try:
             with self._held_back(rule, selected, ongoing, now):
-                fitted = await self.dispatcher.run(engine.fit, selected, rule.model, rule.level,
-                                                   gpu=engine.capabilities(rule.model).gpu)
+                fitted = await fit_rule(self.dispatcher, engine, selected, rule.model, rule.level)
         except Exception as e:
             self.telemetry.fit_done(rule.name, time.perf_counter() - started, False)
             if isinstance(e, DispatchError):  # timed out, or its process died: already says so, and may be retried
