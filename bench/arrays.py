@@ -4,9 +4,10 @@
 
 On a (series x 1-minute steps) matrix shaped like one refit of a preview (a daily cycle and noise; once
 without gaps, once with 1 % of the samples missing), each helper as SeasonalProfile calls it: the median of a
-row, the median of each 15-minute bucket of the day, the 3-hour trailing mean, the 23 band quantiles. Each
-pair runs alternately, `--repeats` times; a row gives the best time of each and the ratio
-(reference / ours: above 1 is faster), and checks that both gave the same array. One JSON line at the end.
+row, the median of each 15-minute bucket of the day, the 3-hour trailing mean, the 23 band quantiles, the 4
+quantiles that find excursions (robust_reference). Each pair runs alternately, `--repeats` times; a row gives
+the best time of each and the ratio (reference / ours: above 1 is faster), and checks that both gave the same
+array. One JSON line at the end.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def main() -> None:
             "group_nanmedian": lambda f, v=values, b=buckets: f.group_nanmedian(v, b, 96),
             "trailing_mean": lambda f, v=values: f.trailing_mean(v, 180),
             "nanquantile_rows": lambda f, v=values: f.nanquantile_rows(v, PROBABILITIES),
+            "nanquantile_rows_4": lambda f, v=values: f.nanquantile_rows(v, np.array([0.05, 0.005, 0.95, 0.995])),
         }
         for name, case in cases.items():
             np.testing.assert_array_equal(case(arrays), case(reference))

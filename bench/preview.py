@@ -92,9 +92,23 @@ def wait_ready(base: str, timeout: float = 60) -> None:
     raise RuntimeError("daemon not ready")
 
 
-def scrapes(base: str, seconds: float) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "bench" / "_scrapers.py"), f"{base}/metrics", "10",
-                             str(seconds)], stdout=subprocess.PIPE)
+class Scrapes:
+    """10 concurrent scrapers for `seconds`, in a subprocess. Their latencies go to a file, not a pipe: a pipe
+    fills at 64 KB (about 6,000 latencies, 10 s of fast scrapes) and would stop them before they are read."""
+
+    def __init__(self, base: str, seconds: float):
+        self.output = tempfile.TemporaryFile()  # noqa: SIM115 (closed once read, in latencies())
+        self.process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "_scrapers.py"), f"{base}/metrics",
+                                         "10", str(seconds)], stdout=self.output)
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def latencies(self) -> list[float]:
+        self.process.wait()
+        self.output.seek(0)
+        with self.output:
+            return json.loads(self.output.read())
 
 
 def percentiles(latencies: list[float]) -> tuple[float, float]:
@@ -146,12 +160,11 @@ def in_process(series: list, threads: int, straightforward: bool) -> tuple[float
     return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
-def compare(series: list) -> dict:
+def compare(series: list, threads: int) -> dict:
     print(f"(c) the same replay in this process ({load()}):")
     plain_wall, plain_cpu, plain = in_process(series, 1, straightforward=True)
     print(f"    straightforward (refits one after the other, tests/arrays_reference.py): {plain_wall:.2f} s, "
           f"{plain_cpu:.2f} s CPU")
-    threads = default_workers()  # --preview.threads' default
     wall, cpu, ours = in_process(series, threads, straightforward=False)
     same = all(np.allclose(getattr(ours, k), getattr(plain, k), rtol=0, atol=1e-9, equal_nan=True)
                for k in ("yhat", "lower", "upper", "score")) and ours.fits == plain.fits
@@ -169,6 +182,8 @@ def main() -> None:
     parser.add_argument("--days", type=float, default=7.0)
     parser.add_argument("--scrape-seconds", type=float, default=10.0)
     parser.add_argument("--no-compare", action="store_true", help="skip (c), the in-process comparison")
+    parser.add_argument("--preview-threads", type=int, default=0,
+                        help="the daemon's --preview.threads and the threads of (c)'s second replay (0: the default)")
     args = parser.parse_args()
     end = float(int(time.time() // 60 * 60))
     start = end - args.days * 86400 + 60
@@ -181,22 +196,23 @@ def main() -> None:
         daemon = subprocess.Popen(
             [sys.executable, "-m", "oa_exporter.entrypoints.cli", "run", "--rules", str(rules),
              "--prometheus-url", tsdb.url, "--web.listen-address", f"127.0.0.1:{port}", "--artifact.store", "noop",
-             "--preview.timeout", "600"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--preview.timeout", "600", "--preview.threads", str(args.preview_threads)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_ready(base)
             time.sleep(5)  # the first fit and cycles of the scored rule
-            idle = json.loads(scrapes(base, args.scrape_seconds).communicate()[0])
+            idle = Scrapes(base, args.scrape_seconds).latencies()
             print(f"(a) {load()}")
             took, data = preview(base, start, end)
             print(f"(a) preview of one rule (preset default, 1m step) over {args.days:g} days x {args.series} series: "
                   f"{took:.2f} s to answer (target <= 10 s); {len(data['timestamps'])} steps, {data['fits']} fits, "
                   f"{len(data['excursions'])} excursions; the daemon counted {data['seconds']:.2f} s")
-            scrapers = scrapes(base, args.scrape_seconds)
+            scrapers = Scrapes(base, args.scrape_seconds)
             previews = 0
-            while scrapers.poll() is None:
+            while scrapers.running():
                 preview(base, start, end)
                 previews += 1
-            busy = json.loads(scrapers.communicate()[0])
+            busy = scrapers.latencies()
         finally:
             daemon.terminate()
             daemon.wait(30)
@@ -205,7 +221,7 @@ def main() -> None:
     print(f"(b) scrapes without a preview: p50 {idle_p50:.1f} ms  p99 {idle_p99:.1f} ms over {len(idle)} scrapes")
     print(f"    scrapes during {previews} previews: p50 {busy_p50:.1f} ms  p99 {busy_p99:.1f} ms over {len(busy)} "
           f"scrapes: p99 ratio {busy_p99 / idle_p99:.2f} (target <= 1.5)")
-    compared = {} if args.no_compare else compare(series)
+    compared = {} if args.no_compare else compare(series, args.preview_threads or default_workers())
     print(json.dumps({"series": args.series, "days": args.days, "preview_s": round(took, 2),
                       "scrape_idle_p99_ms": round(idle_p99, 2), "scrape_busy_p99_ms": round(busy_p99, 2),
                       "p99_ratio": round(busy_p99 / idle_p99, 3), **compared}))

@@ -24,15 +24,22 @@ def nanmedian(values: np.ndarray) -> np.ndarray:
     if width == 0:
         return np.full(values.shape[:-1], np.nan)
     rows = values.reshape(-1, width)
+    result = np.full(rows.shape[0], np.nan)
+    for count, picked in _by_count(rows):
+        if picked is None:
+            return _middle(rows, count).reshape(values.shape[:-1])
+        result[picked] = _middle(rows[picked], count)
+    return result.reshape(values.shape[:-1])
+
+
+def _by_count(rows: np.ndarray) -> list[tuple[int, np.ndarray | None]]:
+    """The rows of a matrix grouped by their count of values (not NaN), groups of none left out: (count,
+    indices), or one (count, None) when every row holds as many."""
     valid = np.count_nonzero(~np.isnan(rows), axis=1)
     counts = np.unique(valid[valid > 0]).tolist()
     if len(counts) == 1 and valid.min() == counts[0]:  # no gaps, or as many in every row: all rows at once
-        return _middle(rows, counts[0]).reshape(values.shape[:-1])
-    result = np.full(rows.shape[0], np.nan)
-    for count in counts:
-        picked = np.flatnonzero(valid == count)
-        result[picked] = _middle(rows[picked], count)
-    return result.reshape(values.shape[:-1])
+        return [(counts[0], None)]
+    return [(count, np.flatnonzero(valid == count)) for count in counts]
 
 
 def _middle(rows: np.ndarray, count: int) -> np.ndarray:
@@ -63,8 +70,36 @@ def nanrange(values: np.ndarray) -> np.ndarray:
     return np.where(present.any(axis=1), np.stack([lowest, highest]), np.nan)
 
 
+SELECTED_AT_MOST = 16  # order statistics one np.partition picks faster than a sort finds them (10,000 values)
+
+
 def nanquantile_rows(values: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    return np.moveaxis(nanquantile_last(values, probabilities), -1, 0)
+    """Linear-interpolated quantiles of each row of a matrix, ignoring NaN: shape (len(probabilities), rows).
+
+    As nanquantile_last computes them; for a few probabilities (the two order statistics around each, at
+    most SELECTED_AT_MOST in all) by one selection of just those (np.partition, rows grouped by their count
+    of values as in nanmedian) instead of a sort: about half a sort's time for four probabilities. A
+    partition at many ranks costs more than the sort, so the band's 23 take the sort.
+    """
+    if 2 * len(probabilities) > SELECTED_AT_MOST or values.shape[1] == 0:
+        return np.moveaxis(nanquantile_last(values, probabilities), -1, 0)
+    result = np.full((len(probabilities), values.shape[0]), np.nan)
+    for count, picked in _by_count(values):
+        if picked is None:
+            return _order_statistics(values, count, probabilities)
+        result[:, picked] = _order_statistics(values[picked], count, probabilities)
+    return result
+
+
+def _order_statistics(rows: np.ndarray, count: int, probabilities: np.ndarray) -> np.ndarray:
+    """The quantiles of rows that each hold `count` values (NaN after them once sorted): (probabilities, rows),
+    with nanquantile_last's arithmetic."""
+    position = probabilities * (count - 1)
+    below = np.floor(position).astype(np.int64)
+    above = np.minimum(below + 1, count - 1)
+    selected = np.partition(rows, np.unique(np.concatenate([below, above])), axis=1)
+    low, high = selected[:, below].T, selected[:, above].T
+    return low + (high - low) * (position - below)[:, None]
 
 
 def nanquantile_last(values: np.ndarray, probabilities: np.ndarray) -> np.ndarray:

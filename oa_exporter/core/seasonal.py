@@ -263,14 +263,19 @@ def _fit_rows(values: np.ndarray, start: float, step: float, params: Mapping[str
     if local is not None:
         windows.append(max(int(round(cfg["local_window"] / step)), 1))
     lag = int(round(cfg["residual_lag"] / step))
-    level, residual = _level_and_residual(rest, windows, local, lag, None)
+    references = [_Reference.of(rest, window) for window in windows]
+    level, residual = _level_and_residual(rest, references, local, lag, None)
     if cfg["robust_reference"]:  # excursions out of the reference: a spike is not spread over the next hours
-        level, residual = _level_and_residual(rest, windows, local, lag, _excursions(residual))
+        residual = _level_and_residual(rest, references, local, lag, _excursions(residual))[1]
     span = step * values.shape[1]
     scale_period = seasons[0].period if seasons else span
     scale_count = min(cfg["scale_buckets"] or seasons[0].buckets, seasons[0].buckets) if seasons else 1
-    scale = _bucket_scale(residual, _Buckets(scale_period, scale_count).of(timestamps), scale_count)
-    scaled = residual / scale[:, _Buckets(scale_period, scale_count).of(timestamps)]
+    if scale_count == 1:  # one spread all day: its ratio to the overall spread is 1 (see _bucket_scale)
+        scale, scaled = np.ones((values.shape[0], 1)), residual
+    else:
+        buckets = _Buckets(scale_period, scale_count).of(timestamps)
+        scale = _bucket_scale(residual, buckets, scale_count)
+        scaled = residual / scale[:, buckets]
     quantiles = arrays.nanquantile_rows(scaled, PROBABILITIES)
     count = np.sum(~np.isnan(scaled), axis=1)
     ok = (count >= 2) & ~np.isnan(level)
@@ -306,30 +311,51 @@ def _fit_seasons(values: np.ndarray, timestamps: np.ndarray, step: float, cfg: M
     return seasons
 
 
-def _level_and_residual(rest: np.ndarray, windows: list[int], local: np.ndarray | None, lag: int,
+def _level_and_residual(rest: np.ndarray, references: list[_Reference], local: np.ndarray | None, lag: int,
                         excluded: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Per series, the level and the residuals of its baseline: the seasonal one's window (windows[0]), or
-    the drift-following one's (windows[1]) where `local`."""
-    level, residual = _reference(rest, windows[0], lag, excluded)
+    """Per series, the level and the residuals of its baseline: the seasonal one's reference (references[0]),
+    or the drift-following one's (references[1]) where `local`."""
+    level, residual = references[0].level, references[0].residual(rest, lag, excluded)
     if local is not None:
-        local_level, local_residual = _reference(rest, windows[1], lag, excluded)
+        local_level, local_residual = references[1].level, references[1].residual(rest, lag, excluded)
         level = np.where(local, local_level, level)
         residual = np.where(local[:, None], local_residual, residual)
     return level, residual
 
 
-def _reference(rest: np.ndarray, window: int, lag: int, excluded: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """The level (median of the last `window` points) and the residuals against a trailing mean of `window`
-    points as it stood `lag` points before: what a forecast that old meets. The `excluded` samples (an
-    excursion) are left out of the trailing mean while it has others; once a whole window is excluded, a
-    lasting change is the new normal and the mean is the plain one again."""
-    level = arrays.nanmedian(rest[:, -window:])
-    level = np.where(np.isnan(level), arrays.nanmedian(rest), level)
-    mean = arrays.trailing_mean(rest, window)
-    if excluded is not None:
-        robust = arrays.trailing_mean(np.where(excluded, np.nan, rest), window, fallback=mean)
-        mean = np.where(np.isnan(robust), mean, robust)
-    return level, rest - arrays.lagged(mean, lag)
+@dataclass(frozen=True)
+class _Reference:
+    """What residuals are taken against, over `window` points: the level (the median of the last `window`
+    points, of all of them for a series with none there) and the plain trailing mean. Neither depends on
+    the excluded samples, so a second pass with excursions left out (`robust_reference`) reuses both."""
+
+    window: int
+    level: np.ndarray
+    mean: np.ndarray
+
+    @classmethod
+    def of(cls, rest: np.ndarray, window: int) -> _Reference:
+        level = arrays.nanmedian(rest[:, -window:])
+        missing = np.flatnonzero(np.isnan(level))
+        if len(missing):  # rows are independent: the whole window's median only where the last points are gaps
+            level[missing] = arrays.nanmedian(rest[missing])
+        return cls(window, level, arrays.trailing_mean(rest, window))
+
+    def residual(self, rest: np.ndarray, lag: int, excluded: np.ndarray | None) -> np.ndarray:
+        """Residuals against the trailing mean as it stood `lag` points before: what a forecast that old
+        meets. The `excluded` samples (an excursion) are left out of the trailing mean while it has others;
+        once a whole window is excluded, a lasting change is the new normal and the mean is the plain one
+        again."""
+        mean = self.mean
+        if excluded is not None:
+            robust = arrays.trailing_mean(np.where(excluded, np.nan, rest), self.window, fallback=mean)
+            mean = np.where(np.isnan(robust), mean, robust)
+        return rest - arrays.lagged(mean, lag)
+
+
+def _residual(rest: np.ndarray, window: int, lag: int) -> np.ndarray:
+    """Residuals against the plain trailing mean of `window` points as it stood `lag` points before."""
+    return rest - arrays.lagged(arrays.trailing_mean(rest, window), lag)
 
 
 def _excursions(residual: np.ndarray) -> np.ndarray:
@@ -356,8 +382,8 @@ def _drifting(values: np.ndarray, timestamps: np.ndarray, step: float, cfg: Mapp
         rest -= season.profile[:, season.bucket_of(timestamps)]
     window = max(int(round(cfg["level_window"] / step)), 3)
     short = max(int(round(cfg["local_window"] / step)), 1)
-    seasonal_error = np.abs(_reference(rest, window, lag, None)[1][:, -held:])
-    local_error = np.abs(_reference(values.astype(np.float64), short, lag, None)[1][:, -held:])
+    seasonal_error = np.abs(_residual(rest, window, lag)[:, -held:])
+    local_error = np.abs(_residual(values.astype(np.float64), short, lag)[:, -held:])
     with np.errstate(invalid="ignore"):
         return arrays.nanmean(local_error) < arrays.nanmean(seasonal_error)
 
@@ -380,6 +406,9 @@ def _observed_span(values: np.ndarray, step: float) -> np.ndarray:
 
 
 def _bucket_scale(residual: np.ndarray, buckets: np.ndarray, count: int) -> np.ndarray:
+    """Per series and bucket, the median absolute residual of the bucket over the series' overall one,
+    smoothed over neighbouring buckets, clipped to [0.25, 4]. With one bucket that is the overall median over
+    itself: 1, and 1 where it is 0/0 or NaN too (_fit_rows takes it so, without the medians)."""
     spread = np.abs(residual)
     overall = arrays.nanmedian(spread)
     per_bucket = arrays.group_nanmedian(spread, buckets, count)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from oa_exporter.core import arrays
+from oa_exporter.core.seasonal import PROBABILITIES
 from tests import arrays_reference as reference
 
 
@@ -38,6 +39,15 @@ def test_medians_are_the_sorted_ones(shape, gaps):
     if shape[1] >= 4:
         cube = values[:, : shape[1] // 4 * 4].reshape(shape[0], 4, shape[1] // 4)
         same(arrays.nanmedian(cube), reference.nanmedian(cube))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("gaps", GAPS)
+@pytest.mark.parametrize("probabilities", [[0.5], [0.05, 0.005, 0.95, 0.995], [0.0, 0.3, 1.0], PROBABILITIES])
+def test_quantiles_are_the_sorted_ones(shape, gaps, probabilities):
+    values = matrix(*shape, gaps, seed=len(probabilities))
+    same(arrays.nanquantile_rows(values, np.array(probabilities)),
+         reference.nanquantile_rows(values, np.array(probabilities)))
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -126,3 +126,13 @@ def test_custom_seasons_and_buckets():
 def test_bad_params_are_value_errors(params, message):
     with pytest.raises(ValueError, match=message):
         seasonal.settings(params)
+
+
+def test_one_scale_bucket_is_a_scale_of_one_which_the_fit_takes_without_computing_it():
+    residual = np.array([[1.0, -2.0, 3.0, np.nan], [0.0, 0.0, 0.0, 0.0], [np.nan] * 4, [np.inf, 1.0, 2.0, 3.0]])
+    with np.errstate(invalid="ignore"):
+        assert (seasonal._bucket_scale(residual, np.zeros(4, np.int64), 1) == 1.0).all()  # 0/0 and NaN too
+    rng = np.random.default_rng(5)
+    times, process = daily(4, 3, rng)
+    model = seasonal.fit(process(times), times[0], STEP, {"scale_buckets": 1})
+    np.testing.assert_array_equal(model.scale, np.ones((4, 1)))
