@@ -11,7 +11,7 @@ Then:
       on, then during back-to-back previews: p50/p99 and the ratio (target p99 within 1.5x);
   (c) unless --no-compare, the same replay in this process (the history as generated, no HTTP): the
       straightforward way (the refits one after the other, on the numpy helpers of tests/arrays_reference.py)
-      then the daemon's way (--preview.threads' default: refits ahead on cores - 1 threads, here on 1 of a
+      then the daemon's way (--preview.threads, by default one per core: refits ahead on 2 threads of a
       2-core machine, and the numpy helpers of oa_exporter.core.arrays), wall and CPU seconds of
       each and their ratio, and whether both gave the same scores. A shared machine's load changes (a) from
       one run to the next; the ratio of (c), measured back to back, much less.
@@ -35,7 +35,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from oa_exporter.adapters.dispatch.local_pool import default_workers  # noqa: E402
 from oa_exporter.bootstrap import replay_in_child  # noqa: E402
 from oa_exporter.core import seasonal  # noqa: E402
 from oa_exporter.core.domain import Rule, SeriesMatrix  # noqa: E402
@@ -221,7 +220,7 @@ def main() -> None:
     print(f"(b) scrapes without a preview: p50 {idle_p50:.1f} ms  p99 {idle_p99:.1f} ms over {len(idle)} scrapes")
     print(f"    scrapes during {previews} previews: p50 {busy_p50:.1f} ms  p99 {busy_p99:.1f} ms over {len(busy)} "
           f"scrapes: p99 ratio {busy_p99 / idle_p99:.2f} (target <= 1.5)")
-    compared = {} if args.no_compare else compare(series, args.preview_threads or default_workers())
+    compared = {} if args.no_compare else compare(series, args.preview_threads or os.cpu_count() or 1)
     print(json.dumps({"series": args.series, "days": args.days, "preview_s": round(took, 2),
                       "scrape_idle_p99_ms": round(idle_p99, 2), "scrape_busy_p99_ms": round(busy_p99, 2),
                       "p99_ratio": round(busy_p99 / idle_p99, 3), **compared}))

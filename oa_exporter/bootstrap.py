@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -17,7 +18,7 @@ from .adapters.config.promql_process import PromqlChecker
 from .adapters.config.watcher import RulesWatcher
 from .adapters.config.yaml_editor import YamlRulesEditor
 from .adapters.config.yaml_rules import YamlConfigStore
-from .adapters.dispatch.local_pool import LocalPoolDispatcher, default_workers
+from .adapters.dispatch.local_pool import LocalPoolDispatcher
 from .adapters.engines.darts import DartsEngine
 from .adapters.engines.mlforecast import MLForecastEngine
 from .adapters.engines.neuralforecast import NeuralForecastEngine
@@ -482,9 +483,9 @@ def _replay_in(pool: LocalPoolDispatcher,
 
 
 def preview_threads(settings: Settings) -> int:
-    """Threads one preview fits on: --preview.threads, or as many as the training pool has processes by
-    default (0: cores - 1, at least 1): the event loop and its scrapes keep a core."""
-    return settings.preview_threads or default_workers()
+    """Threads one preview fits on: --preview.threads, or by default (0) one per core. The preview's process
+    runs at JOB_NICENESS, so a scrape or a cycle of the daemon still takes a core first when it needs one."""
+    return settings.preview_threads or os.cpu_count() or 1
 
 
 def replay_in_child(rule: Rule, history: SeriesMatrix, samples: Samples, threads: int = 1) -> Replay:

@@ -90,7 +90,7 @@ class Settings:
     preview_timeout: float = field(default=60.0, metadata=_opt(
         "--preview.timeout", "OA_PREVIEW_TIMEOUT", "seconds a preview may run before it is stopped (504)"))
     preview_threads: int = field(default=0, metadata=_opt(
-        "--preview.threads", "OA_PREVIEW_THREADS", "threads a preview fits its refits on (0 = cores - 1, at least 1)"))
+        "--preview.threads", "OA_PREVIEW_THREADS", "threads a preview fits its refits on (0 = one per core)"))
     worker_listen_address: str = field(default="", metadata=_opt(
         "--worker.listen-address", "OA_WORKER_LISTEN_ADDRESS",
         "where `oa-exporter worker` serves its own /metrics and /-/healthy, e.g. :10101 (empty: nowhere)"))
