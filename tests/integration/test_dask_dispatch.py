@@ -41,7 +41,8 @@ def slow_fit_on(marker: str, seconds: float) -> int:
     """A job that says where it started (its worker's pid), then works for a while."""
     import time
 
-    Path(marker).write_text(str(os.getpid()))
+    Path(marker + ".tmp").write_text(str(os.getpid()))
+    os.replace(marker + ".tmp", marker)  # whole or not there: the test reads it as soon as it exists
     time.sleep(seconds)
     return os.getpid()
 
@@ -83,6 +84,7 @@ def worker_pids(cluster: DaskCluster) -> set[int]:
 async def test_a_worker_killed_mid_fit_gets_its_job_retried_on_the_other(dask_cluster, tmp_path):
     marker = tmp_path / "started"
     dispatcher = DaskDispatcher(dask_cluster.address, timeout=120)
+    victim = None
     try:
         job = asyncio.create_task(dispatcher.run(slow_fit_on, str(marker), 3.0))
         while not marker.exists():
@@ -94,7 +96,8 @@ async def test_a_worker_killed_mid_fit_gets_its_job_retried_on_the_other(dask_cl
         assert finished_on != first and finished_on in worker_pids(dask_cluster)
     finally:
         await dispatcher.close()
-        await asyncio.to_thread(dask_cluster.add_worker, victim)  # the session's cluster has two workers again
+        if victim is not None:  # the session's cluster has two workers again
+            await asyncio.to_thread(dask_cluster.add_worker, victim)
 
 
 def daemon(tmp_path: Path, scheduler: str) -> tuple[App, FakeClock]:
