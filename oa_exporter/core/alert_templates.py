@@ -161,11 +161,7 @@ class _Parser:
         if token.kind not in ("string", "raw"):
             raise self.unexpected(token, "define clause")
         self.expect("right", "define clause")
-        saved = self.vars, self.range_depth
-        self.vars, self.range_depth = ["$"], 0
-        if self.item_list() != "end":
-            raise self.fail("unexpected {{else}} in define clause")
-        self.vars, self.range_depth = saved
+        self.scoped_body("define clause")
 
     def item_list(self) -> str:
         """Parse up to an {{end}} or {{else}}, returning which."""
@@ -237,10 +233,14 @@ class _Parser:
         if token.kind not in ("string", "raw"):
             raise self.unexpected(token, "block clause")
         self.pipeline("block clause", "right")
+        self.scoped_body("block clause")
+
+    def scoped_body(self, clause: str) -> None:
+        """The items of a define or block up to its {{end}}, with variables of their own (only `$`)."""
         saved = self.vars, self.range_depth
         self.vars, self.range_depth = ["$"], 0
         if self.item_list() != "end":
-            raise self.fail("unexpected {{else}} in block clause")
+            raise self.fail(f"unexpected {{{{else}}}} in {clause}")
         self.vars, self.range_depth = saved
 
     def pipeline(self, context: str, end: str) -> None:

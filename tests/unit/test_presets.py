@@ -120,13 +120,14 @@ def test_a_rule_sets_or_turns_off_the_presets_repeat_window(tmp_path, setting, s
     assert with_preset.repeat_window == without.repeat_window == seconds
 
 
-def test_a_bad_repeat_window_is_reported(tmp_path):
-    with pytest.raises(RuleError, match="repeat_window"):
-        load(tmp_path, """
+@pytest.mark.parametrize("key, value", [("repeat_window", "soon"), ("calibrate", "weekly")])
+def test_a_bad_duration_key_is_reported(tmp_path, key, value):
+    with pytest.raises(RuleError, match=key):
+        load(tmp_path, f"""
             groups:
               - name: g
                 rules:
-                  - {anomaly: cpu, expr: node_cpu, repeat_window: soon}
+                  - {{anomaly: cpu, expr: node_cpu, {key}: {value}}}
         """)
 
 
@@ -155,13 +156,3 @@ def test_calibrate_is_off_unless_a_rule_gives_its_budget(tmp_path, setting, seco
               - {{anomaly: cpu, expr: node_cpu, preset: default{key}}}
     """).rules
     assert rule.calibrate == seconds
-
-
-def test_a_bad_calibrate_is_reported(tmp_path):
-    with pytest.raises(RuleError, match="calibrate"):
-        load(tmp_path, """
-            groups:
-              - name: g
-                rules:
-                  - {anomaly: cpu, expr: node_cpu, calibrate: weekly}
-        """)
