@@ -165,7 +165,8 @@ def tsdb_client(settings: Settings) -> PrometheusClient:
         key_file=settings.key_file, insecure_skip_verify=settings.insecure_skip_verify, headers=headers,
     )
     return PrometheusClient(settings.prometheus_url, auth, settings.query_timeout, settings.query_retries,
-                            max_samples=settings.max_samples_per_query)
+                            max_samples=settings.max_samples_per_query,
+                            compression=settings.query_compression)
 
 
 def history_reader(settings: Settings, tsdb: TsdbClient, clock: Callable[[], float]) -> HistoryReader | None:

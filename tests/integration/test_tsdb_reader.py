@@ -142,6 +142,41 @@ async def test_basic_auth_is_sent(tmp_path, aiohttp_server):
     assert seen == ["Basic b2E6aHVudGVyMg=="]
 
 
+@pytest.mark.parametrize(("compression", "asked"), [("none", "identity"), ("gzip", "gzip")])
+async def test_answers_are_asked_for_uncompressed_unless_gzip_is_chosen(aiohttp_server, compression, asked):
+    seen: list = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Accept-Encoding"))
+        response = web.json_response({"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {"__name__": "up"}, "value": [1.0, "1"]}]}})
+        if "gzip" in (request.headers.get("Accept-Encoding") or ""):
+            response.enable_compression(web.ContentCoding.gzip)
+        return response
+
+    client = PrometheusClient(await answering(aiohttp_server, handler), compression=compression)
+    try:
+        vector = await client.query("up", 1.0)
+    finally:
+        await client.close()
+    assert seen == [asked]
+    assert vector.values.tolist() == [1.0]
+
+
+async def test_a_gzipped_range_read_equals_a_plain_one(tsdb):
+    start = tsdb.scenario.end - 2 * 86400
+    reads = []
+    for compression in ("gzip", "none"):
+        client = PrometheusClient(tsdb.url, compression=compression)
+        try:
+            reads.append(await client.query_range("oa_test_requests", start, tsdb.scenario.end, 60))
+        finally:
+            await client.close()
+    gzipped, plain = reads
+    assert gzipped.keys == plain.keys and len(plain.keys) == 6
+    np.testing.assert_array_equal(gzipped.values, plain.values)
+
+
 async def test_instant_and_range_queries_name_series_identically(tsdb):
     client = PrometheusClient(tsdb.url)
     try:

@@ -6,6 +6,7 @@ the expression's last instant query or from a first short chunk. PromQL results 
 general (an arbitrary expression has no selector to narrow), so a chunk is narrowed in time instead, down to
 one point. A chunk the server still refuses for its size is halved and retried, and the expression's
 budget lowered for later reads. Chunks are fetched concurrently and written into the result as they arrive.
+Answers are asked for uncompressed unless `compression="gzip"` (see __init__).
 Transient failures (connection errors, timeouts, 5xx, 429) are retried with backoff; any other query the
 server rejects (400/422: bad PromQL) fails at once with its message.
 """
@@ -129,6 +130,7 @@ class PrometheusClient:
         backoff: float = 0.5,
         max_concurrency: int = 4,
         max_samples: int = DEFAULT_MAX_SAMPLES,
+        compression: str = "none",
     ):
         self.url, self._url_auth = _without_userinfo(url.rstrip("/"))  # self.url is what messages show
         self.auth = auth or HttpAuth()
@@ -137,6 +139,9 @@ class PrometheusClient:
         self.backoff = backoff
         self.max_concurrency = max_concurrency
         self.max_samples = max(max_samples, 1)
+        # aiohttp asks for gzip by default; gzipping a range read costs the server more CPU than sending it
+        # (about 3 s a million samples for Prometheus, 34 MB plain, 12 MB gzipped): only worth it on a slow link
+        self._encoding = {"Accept-Encoding": "gzip" if compression == "gzip" else "identity"}
         self._limit = asyncio.Semaphore(max_concurrency)
         self._session: aiohttp.ClientSession | None = None
         self._series: dict[str, int] = {}  # per expression: how many series it returned last
@@ -300,7 +305,7 @@ class PrometheusClient:
     async def _post(self, endpoint: str, params: dict[str, str]) -> bytes:
         url = f"{self.url}/api/v1/{endpoint}"
         try:
-            headers = self.auth.request_headers()
+            headers = {**self._encoding, **self.auth.request_headers()}
             if self._url_auth and "Authorization" not in headers:
                 headers = {**headers, "Authorization": self._url_auth}
             async with self._client().post(
