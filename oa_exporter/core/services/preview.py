@@ -95,6 +95,7 @@ class Previewer:
                                f"{self.limits.max_points} points")
         history = _matching(await self.tsdb.query_range(rule.expr, history_start, last, rule.step), labels)
         self._check_size(history)
+        history = _from_first_sample(history, int(round((first - history.start) / rule.step)))
         scored = slice(int(round((first - history.start) / rule.step)), None)
         samples = Samples(history.keys, history.labels, history.timestamps[scored], history.values[:, scored])
         try:
@@ -114,6 +115,18 @@ class Previewer:
         if points > self.limits.max_points:
             raise PreviewError(f"{series} series over the range and train.window are {points} points, above the "
                                f"preview limit of {self.limits.max_points}: shorten the range or select series")
+
+
+def _from_first_sample(history: SeriesMatrix, most: int) -> SeriesMatrix:
+    """The history without its leading columns where no series has a sample (at most `most` of them, the
+    columns before the range): the worker gets a week of columns, not a 56-day train.window of mostly empty
+    ones. The replay's answers are the same: its TSDB answers from the first sample on either way."""
+    present = ~np.isnan(history.values).all(axis=0)
+    empty = min(int(np.argmax(present)) if present.any() else most, most)
+    if empty == 0:
+        return history
+    return SeriesMatrix(history.keys, history.labels, history.start + empty * history.step, history.step,
+                        history.values[:, empty:])
 
 
 def _matching(history: SeriesMatrix, labels: Mapping[str, str]) -> SeriesMatrix:
