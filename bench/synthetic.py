@@ -10,8 +10,9 @@ backtest`'s own code (the daemon's Trainer, Inferencer and refit schedule, causa
 the preset. Printed per family:
 
 - on the anomaly-free version: paging excursions (runs of samples scoring above 1) per series per week,
-  counted after the warm-up (3 days; from its first sample for the series that starts late), and the share
-  of those samples that were scored at all;
+  counted after the warm-up (3 days; from its first sample for the series that starts late), the hours of
+  samples scoring above 1 per series per week (how long those excursions page), and the share of the
+  samples that were scored at all;
 - with anomalies of `--size` × the family's scale added for `--length` samples at fixed times after the
   warm-up: how many were flagged while they lasted, and the delay in samples from their onset to the first
   score above 1 (median and largest over the flagged ones).
@@ -41,13 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     jobs = args.jobs or os.cpu_count() or 1
     names = args.families or list(synthetic.FAMILIES)
     started = time.perf_counter()
-    print(f"{'family':16} {'excursions/series/week':>22} {'scored':>7} {'flagged':>8} {'delay median':>12} "
-          f"{'delay max':>9}")
+    print(f"{'family':16} {'excursions/series/week':>22} {'paging h/week':>13} {'scored':>7} {'flagged':>8} "
+          f"{'delay median':>12} {'delay max':>9}")
     report = {}
     for name in names:
         family = synthetic.FAMILIES[name]
         report[name] = row = measure(family, rule, args.series, args.days, args.size, args.length, jobs)
-        print(f"{name:16} {row['excursions_per_series_week']:22.2f} {row['scored']:7.1%} "
+        print(f"{name:16} {row['excursions_per_series_week']:22.2f} {row['paging_hours_per_series_week']:13.2f} "
+              f"{row['scored']:7.1%} "
               f"{row['flagged']:>4}/{row['anomalies']:<3} {_samples(row['delay_median']):>12} "
               f"{_samples(row['delay_max']):>9}")
     seconds = time.perf_counter() - started
@@ -70,7 +72,9 @@ def measure(family: synthetic.Family, rule, series: int, days: float, size: floa
     assert dirty.injected is not None
     delays = synthetic.delays(synthetic.replay(dirty, rule, jobs), dirty.injected)
     found = delays[delays >= 0]
+    paging = np.count_nonzero(score[:, clean.first :] > 1.0)  # NaN: not paging
     return {"excursions_per_series_week": float(synthetic.excursions(score, clean.first).sum() / weeks),
+            "paging_hours_per_series_week": float(paging * synthetic.STEP / 3600 / weeks),
             "scored": float(scored), "anomalies": int(delays.size), "flagged": int(found.size),
             "delay_median": float(np.median(found)) if found.size else None,
             "delay_max": int(found.max()) if found.size else None}

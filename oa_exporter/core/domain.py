@@ -62,6 +62,7 @@ class Rule:
     annotations: Mapping[str, str] = field(default_factory=dict)  # free text for people: shown, never exported
     calibrate: float = 0.0  # paging more than once in this many seconds widens a series' band (calibration.py)
     new_normal_after: float = 3 * 3600.0  # an excursion younger than this is held back from fits (excursions.py)
+    settle_after: float = 0.0  # an excursion lasting this long pages again only when it grows (scoring.Settling)
     alert_for: float | None = None  # `for`: the wait of the alert written for the rule (alerting_rules.py); unset
 
     def fingerprint(self) -> str:

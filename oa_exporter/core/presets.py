@@ -28,6 +28,7 @@ class Preset:
     repeat_window: float = 0.0
     new_normal_after: float = NEW_NORMAL_AFTER  # see excursions.py
     calibrate: float = 0.0  # see calibration.py; 0: off
+    settle_after: float = 0.0  # see scoring.py; 0: off
 
 
 PRESETS: dict[str, Preset] = {
@@ -61,5 +62,10 @@ PRESETS: dict[str, Preset] = {
         # it, and held back a lasting shift only pages longer (NAB, left out category by category, chooses
         # off over 1h, 3h and 6h in all four folds: frozen 69.8 / 69.2 / 68.6 / 68.6 on all files)
         new_normal_after=0.0,
+        # A change that lasts is the new normal unless it keeps growing: after an hour of one excursion only a
+        # new extreme of it pages (scoring.Settling). An hour, so that a lasting shift pages through its first
+        # hour (long enough for a `for:` and a person to look); a slow drift to values the window never held
+        # would otherwise page for as long as it wanders (hours on end on sensor-like and random-walk series).
+        settle_after=parse_duration("1h"),
     ),
 }

@@ -25,6 +25,8 @@ def definition(rule: Rule) -> dict[str, Any]:
         "max_series": rule.max_series,
         "repeat_window": format_duration(rule.repeat_window) if rule.repeat_window else "off",
         "calibrate": format_duration(rule.calibrate) if rule.calibrate else "off",
+        "settle_after": format_duration(rule.settle_after) if rule.settle_after else "off",
+        "new_normal_after": format_duration(rule.new_normal_after) if rule.new_normal_after else "off",
         "labels": dict(rule.labels),
         **({"for": format_duration(rule.alert_for)} if rule.alert_for is not None else {}),
     }

@@ -22,7 +22,7 @@ GROUP_KEYS = {"name", "interval", "rules"}
 RULE_KEYS = {
     "anomaly", "expr", "step", "model", "train", "forecast", "direction",
     "min_history", "max_series", "labels", "annotations", "preset", "repeat_window",
-    "new_normal_after", "calibrate", "for",
+    "new_normal_after", "calibrate", "settle_after", "for",
 }
 MODEL_KEYS = {"engine", "name", "params"}
 TRAIN_KEYS = {"window", "every"}
@@ -190,6 +190,7 @@ def _rule(node: Any, group: str, interval: float | None, ctx: _Context) -> Rule 
     repeat_window = _optional_duration(node, "repeat_window", preset.repeat_window, ctx)
     new_normal_after = _optional_duration(node, "new_normal_after", _new_normal_after(preset, model), ctx)
     calibrate = _optional_duration(node, "calibrate", preset.calibrate, ctx)
+    settle_after = _optional_duration(node, "settle_after", preset.settle_after, ctx)
     alert_for = _optional_duration(node, "for", 0.0, ctx) if "for" in node else None
     direction = _direction(node, ctx)
     max_series = _positive_int(node, "max_series", 10000, ctx)
@@ -211,7 +212,8 @@ def _rule(node: Any, group: str, interval: float | None, ctx: _Context) -> Rule 
         horizon=horizon, level=level, direction=direction, min_history=min_history, max_series=max_series,
         labels=labels, file=ctx.file, line=_line(node), repeat_window=repeat_window or 0.0,
         annotations=annotations,
-        new_normal_after=new_normal_after or 0.0, calibrate=calibrate or 0.0, alert_for=alert_for,
+        new_normal_after=new_normal_after or 0.0, calibrate=calibrate or 0.0, settle_after=settle_after or 0.0,
+        alert_for=alert_for,
     )
 
 

@@ -17,6 +17,16 @@ excursion in progress began (an excursion: consecutive samples scoring above 1 o
 before this sample). A spike no larger than one of the last hours on its side scores <= 1, a larger one still pages,
 and a lasting shift keeps the divisor it started with: it pages throughout when it is larger than what
 its side saw in the window before it.
+
+With a rule's `settle_after` (the default preset: 1h), a lasting change becomes the new normal unless it
+keeps growing (Settling, applied before Repeats): once an excursion has gone on for `settle_after`,
+
+    s' = s / max(1, m)
+
+m being the largest score of the excursion before this sample. A shift that stays, or a drift that slows,
+stops paging after its first `settle_after`; a drift that keeps moving away from the forecast keeps paging,
+each new extreme of the excursion once. An excursion here is the same as above: consecutive samples scoring
+above 1 on one side; a sample without a score (NaN) neither continues nor ends one.
 """
 
 from __future__ import annotations
@@ -117,3 +127,32 @@ class Repeats(SeriesRows):
         self.peak[side[higher], rows[higher]] = score[higher]
         self.since[side[higher], rows[higher]] = timestamp
         return score / self.divisor[rows]
+
+
+class Settling(SeriesRows):
+    """Per series, the excursion in progress that `settle_after` follows (see module docstring), by row."""
+
+    COLUMNS: ClassVar[dict[str, tuple[tuple[int, ...], Any]]] = {
+        "onset": ((), np.nan),  # when the excursion in progress began; NaN: none
+        "side": ((), np.int8(0)),  # 1 + its side of the forecast; 0: none
+        "peak": ((), 0.0),  # its largest score so far
+    }
+    onset: np.ndarray
+    side: np.ndarray
+    peak: np.ndarray
+
+    def settle(self, keys: list[SeriesKey], timestamp: float, score: np.ndarray, below: np.ndarray,
+               after: float) -> np.ndarray:
+        """The scores of one cycle, those of excursions older than `after` seconds divided by their peak."""
+        rows = self.rows(keys)
+        scored = ~np.isnan(score)
+        side = np.where(score > 1.0, below.astype(np.int8) + 1, 0).astype(np.int8)
+        going_on = (side > 0) & (side == self.side[rows])
+        onset = np.where(going_on, self.onset[rows], np.where(side > 0, timestamp, np.nan))
+        peak = np.where(going_on, self.peak[rows], 0.0)
+        with np.errstate(invalid="ignore"):
+            settled = timestamp - onset >= after  # NaN onset: no excursion, nothing settles
+        self.onset[rows] = np.where(scored, onset, self.onset[rows])
+        self.side[rows] = np.where(scored, side, self.side[rows])
+        self.peak[rows] = np.where(scored, np.where(side > 0, np.maximum(peak, score), 0.0), self.peak[rows])
+        return np.where(settled, score / np.maximum(peak, 1.0), score)

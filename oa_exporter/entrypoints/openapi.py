@@ -12,8 +12,8 @@ _TIME = {"oneOf": [{"type": "number"}, {"type": "string"}],
 _LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
 _RULE = {"type": "object", "additionalProperties": True,
          "description": "a rule's keys as in the rules file: anomaly, expr, step, preset, model, train, forecast, "
-                        "direction, min_history, max_series, repeat_window, new_normal_after, calibrate, for, "
-                        "labels, annotations"}
+                        "direction, min_history, max_series, repeat_window, new_normal_after, calibrate, "
+                        "settle_after, for, labels, annotations"}
 
 
 def _error(description: str) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from oa_exporter.core.services.backtester import Replay, Samples
 from tests import arrays_reference
 from tests.unit.test_backtest import DAY, RULE, STEP, generated
 
-DEFAULT = replace(RULE, model=PRESETS["default"].model, train_every=3600.0, min_history=DAY, level=99.99,
-                  repeat_window=6 * 3600.0, new_normal_after=0.0)  # `preset: default` with a day's warm-up
+DEFAULT = replace(RULE, model=PRESETS["default"].model, train_every=3600.0, min_history=DAY, level=99.99,  # the preset
+                  repeat_window=6 * 3600.0, settle_after=3600.0, new_normal_after=0.0)  # with a day's warm-up
 
 
 def replay(times: np.ndarray, values: np.ndarray, rule=DEFAULT, threads: int = 1, fails_at: float | None = None

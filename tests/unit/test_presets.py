@@ -34,6 +34,7 @@ def test_a_rule_naming_the_default_preset_takes_its_model_training_and_band(tmp_
     assert (rule.train_window, rule.train_every, rule.horizon, rule.level, rule.min_history) == (
         preset.train_window, preset.train_every, preset.horizon, preset.level, preset.min_history)
     assert rule.repeat_window == preset.repeat_window == 6 * 3600
+    assert rule.settle_after == preset.settle_after == 3600
 
 
 def test_keys_the_rule_sets_win_over_the_preset(tmp_path):
@@ -75,7 +76,7 @@ def test_preset_none_opts_out_to_the_plain_defaults(tmp_path):
     """).rules
     assert (rule.train_window, rule.train_every, rule.level, rule.min_history) == (14 * DAY, DAY, 99.0, DAY)
     assert rule.model == ModelSpec("statsforecast", "SeasonalProfile", {})
-    assert rule.repeat_window == 0  # every excursion pages
+    assert rule.repeat_window == rule.settle_after == 0  # every excursion pages, however long it lasts
 
 
 def test_a_rule_overrides_each_key_of_the_default_preset_without_naming_it(tmp_path):
@@ -108,19 +109,21 @@ def test_another_default_engine_gives_its_default_model_with_the_presets_trainin
     assert rule.train_every == PRESETS["default"].train_every
 
 
+@pytest.mark.parametrize("key", ["repeat_window", "settle_after"])
 @pytest.mark.parametrize("setting, seconds", [("off", 0.0), ("0", 0.0), ("2h", 7200.0)])
-def test_a_rule_sets_or_turns_off_the_presets_repeat_window(tmp_path, setting, seconds):
+def test_a_rule_sets_or_turns_off_the_presets_excursion_keys(tmp_path, key, setting, seconds):
     [with_preset, without] = load(tmp_path, f"""
         groups:
           - name: g
             rules:
-              - {{anomaly: cpu, expr: node_cpu, preset: default, repeat_window: {setting}}}
-              - {{anomaly: mem, expr: node_mem, repeat_window: {setting}}}
+              - {{anomaly: cpu, expr: node_cpu, preset: default, {key}: {setting}}}
+              - {{anomaly: mem, expr: node_mem, {key}: {setting}}}
     """).rules
-    assert with_preset.repeat_window == without.repeat_window == seconds
+    assert getattr(with_preset, key) == getattr(without, key) == seconds
 
 
-@pytest.mark.parametrize("key, value", [("repeat_window", "soon"), ("calibrate", "weekly")])
+@pytest.mark.parametrize("key, value", [("repeat_window", "soon"), ("calibrate", "weekly"),
+                                        ("settle_after", "later")])
 def test_a_bad_duration_key_is_reported(tmp_path, key, value):
     with pytest.raises(RuleError, match=key):
         load(tmp_path, f"""

@@ -102,7 +102,7 @@ def test_defaults_fill_what_a_rule_leaves_out(tmp_path):
     assert (errors.horizon, errors.level) == (preset.horizon, preset.level)
     assert errors.direction is Direction.BOTH
     assert errors.min_history == preset.min_history
-    assert errors.repeat_window == preset.repeat_window
+    assert (errors.repeat_window, errors.settle_after) == (preset.repeat_window, preset.settle_after)
     assert errors.max_series == 10000
     assert dict(errors.labels) == {}
 

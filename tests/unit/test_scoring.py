@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from oa_exporter.core.domain import Direction
-from oa_exporter.core.scoring import Repeats, anomaly_score
+from oa_exporter.core.scoring import Repeats, Settling, anomaly_score
 
 
 def score(y: float, yhat: float = 10.0, lower: float = 6.0, upper: float = 12.0,
@@ -93,3 +93,20 @@ def test_repeats_follow_series_that_come_and_go():
     repeats.damp([b"a", b"b"], 0.0, np.array([3.0, 5.0]), np.array([False, False]), 6 * hour)
     damped = repeats.damp([b"c", b"b"], hour, np.array([2.0, 0.5]), np.array([False, False]), 6 * hour)
     assert damped.tolist() == [2.0, 0.1]  # c is new; b remembers its 5
+
+
+def test_a_lasting_excursion_pages_for_settle_after_then_only_at_its_new_extremes():
+    settling, hour = Settling(), 3600.0
+    keys = [b"a", b"b"]
+
+    def cycle(at: float, score: list[float], below: tuple[bool, bool] = (False, False)) -> list[float]:
+        settled = settling.settle(keys, at * hour, np.array(score), np.array(below), after=hour)
+        return settled.round(3).tolist()
+
+    assert cycle(0, [3.0, 0.5]) == [3.0, 0.5]  # a's excursion begins
+    assert cycle(0.5, [4.0, 2.0]) == [4.0, 2.0]  # within its first hour: as scored; b's begins
+    assert cycle(1, [3.0, math.nan])[0] == 0.75  # an hour on: divided by the largest score of the excursion, 4
+    assert cycle(1.25, [6.0, 2.0]) == [1.5, 2.0]  # a new extreme pages; b's missing sample did not end its own
+    assert cycle(1.5, [5.0, 3.0]) == [0.833, 1.5]  # below a's peak of 6 it does not; b: an hour on, peak 2
+    assert cycle(2, [0.5, 2.0], below=(False, True)) == [0.5, 2.0]  # a's ends; b on the other side: a new one
+    assert cycle(2.25, [3.0, 2.5], below=(False, True)) == [3.0, 2.5]  # new excursions are scored as they are

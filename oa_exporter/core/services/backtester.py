@@ -136,7 +136,8 @@ class Backtester:
             for cycle, now in enumerate(samples.times.tolist()):
                 if await self._refresh(slot, now, errors):
                     rows, vector = samples.at(cycle)
-                    scores = self.inferencer.score(rule, vector, slot.forecasts, slot.repeats, slot.calibration)
+                    scores = self.inferencer.score(rule, vector, slot.forecasts, slot.repeats, slot.calibration,
+                                                   slot.settling)
                     for target, source in ((yhat, scores.yhat), (lower, scores.lower), (upper, scores.upper),
                                            (score, scores.score)):
                         target[rows, cycle] = source

@@ -16,7 +16,7 @@ from ..domain import Bands, InstantVector, Model, Rule, RuleScores, SeriesKey, S
 from ..errors import CardinalityError, OAError
 from ..jobs import BandsJob
 from ..ports import JobQueue, ModelEngine, Telemetry, TsdbClient
-from ..scoring import Repeats, anomaly_score
+from ..scoring import Repeats, Settling, anomaly_score
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +91,12 @@ class Inferencer:
         return vector
 
     def score(self, rule: Rule, vector: InstantVector, forecasts: Forecasts | None,
-              repeats: Repeats | None = None, calibration: Calibration | None = None) -> RuleScores:
+              repeats: Repeats | None = None, calibration: Calibration | None = None,
+              settling: Settling | None = None) -> RuleScores:
         """Score every sample: series without a model (not ready) or failed get NaN forecasts; with the rule's
         state between cycles, its `calibrate` widens the band of each series that paged more often than the
-        budget allows (core/calibration.py), and its `repeat_window` divides repeats down."""
+        budget allows (core/calibration.py), its `settle_after` divides a lasting excursion by its peak and its
+        `repeat_window` divides repeats down (core/scoring.py)."""
         n = len(vector.keys)
         yhat, lower, upper = (np.full(n, np.nan) for _ in range(3))
         states = {SeriesState.READY.value: 0, SeriesState.FAILED.value: 0, SeriesState.NOT_READY.value: n}
@@ -115,8 +117,11 @@ class Inferencer:
         if calibration is not None and rule.calibrate:
             lower, upper = calibration.widen(vector.keys, vector.timestamp, rule.calibrate, yhat, lower, upper)
         score = anomaly_score(vector.values, yhat, lower, upper, rule.direction)
+        below = vector.values < yhat
+        if settling is not None and rule.settle_after > 0:
+            score = settling.settle(vector.keys, vector.timestamp, score, below, rule.settle_after)
         if repeats is not None and rule.repeat_window > 0:
-            score = repeats.damp(vector.keys, vector.timestamp, score, vector.values < yhat, rule.repeat_window)
+            score = repeats.damp(vector.keys, vector.timestamp, score, below, rule.repeat_window)
         if calibration is not None and rule.calibrate:
             calibration.count(vector.keys, score)
         self.telemetry.series_states(rule.name, states)

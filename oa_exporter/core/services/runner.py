@@ -30,7 +30,7 @@ from ..durations import iso_time
 from ..errors import OAError
 from ..excursions import Excursions, Ongoing
 from ..ports import ResultSink, Telemetry
-from ..scoring import Repeats
+from ..scoring import Repeats, Settling
 from ..sharding import Ownership, Shard
 from ..throttle import Throttled
 from .inferencer import Forecasts, Inferencer
@@ -61,6 +61,7 @@ class RuleSlot:
     fit_error: str = ""  # why the last fit failed ("" when it worked)
     cycle_error: str = ""  # why the last scoring cycle failed
     repeats: Repeats = field(default_factory=Repeats)  # per series, what the repeat rule remembers
+    settling: Settling = field(default_factory=Settling)  # per series, the excursion settle_after follows
     calibration: Calibration = field(default_factory=Calibration)  # per series, how far its band is widened
     ownership: Ownership = field(default_factory=Ownership)  # which of the query's series this shard owns
     owned: tuple[int, int] = (0, 0)  # series this shard owned in the last cycle, of the query's total
@@ -248,7 +249,8 @@ class Runner:
         vector = slot.ownership.select(queried, self.shard)
         slot.owned = (len(vector.keys), len(queried.keys))
         self.telemetry.shard_series(slot.rule.name, *slot.owned)
-        scores = self.inferencer.score(slot.rule, vector, slot.forecasts, slot.repeats, slot.calibration)
+        scores = self.inferencer.score(slot.rule, vector, slot.forecasts, slot.repeats, slot.calibration,
+                                       slot.settling)
         self.sink.publish(scores)
         slot.excursions.observe(scores)
         return scores
