@@ -176,6 +176,7 @@ async def test_the_default_preset_keeps_paging_through_a_refit_minutes_into_a_ju
         await daemon.fits_done()
         jumped[float(at)] = daemon.scores("requests")["host-00"]
     assert daemon.app.rules.rules[0].new_normal_after == 0
-    first_hour = [score for at, score in jumped.items() if END - STEP <= at <= END + HOUR]
-    assert min(first_hour) > 1.0, np.round(first_hour, 2)
+    onset = END - STEP  # the jump's first sample
+    first_hour = [score for at, score in jumped.items() if onset <= at < onset + HOUR]
+    assert min(first_hour) > 1.0, np.round(first_hour, 2)  # then the preset's settle_after (1h) settles it
     assert max(score for at, score in jumped.items() if at >= END + 6 * HOUR) < 1.0
