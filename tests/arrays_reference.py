@@ -9,8 +9,13 @@ import numpy as np
 # unchanged since they were first written: the same functions
 from oa_exporter.core.arrays import lagged, nanmean, nanquantile_last, nanrange
 
-__all__ = ["group_nanmedian", "lagged", "nanmean", "nanmedian", "nanquantile_last", "nanquantile_rows", "nanrange",
-           "trailing_mean"]
+__all__ = ["group_nanmedian", "lagged", "minus_lagged", "nanmean", "nanmedian", "nanquantile_last", "nanquantile_rows",
+           "nanrange", "trailing_mean"]
+
+
+def minus_lagged(values: np.ndarray, subtracted: np.ndarray, lag: int) -> np.ndarray:
+    """values minus `subtracted` shifted `lag` columns later."""
+    return values - lagged(subtracted, lag)
 
 
 def nanquantile_rows(values: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
@@ -35,11 +40,13 @@ def group_nanmedian(values: np.ndarray, groups: np.ndarray, count: int) -> np.nd
     return nanmedian(padded[:, index])
 
 
-def trailing_mean(values: np.ndarray, window: int, fallback: np.ndarray | None = None) -> np.ndarray:
-    """Mean of the `window` points before each point (NaN-aware); where there is none, `fallback` (default:
-    the point's own value: the first point)."""
-    present = ~np.isnan(values)
-    sums = np.concatenate([np.zeros((values.shape[0], 1)), np.cumsum(np.where(present, values, 0), axis=1)], 1)
+def trailing_mean(values: np.ndarray, window: int, fallback: np.ndarray | None = None,
+                  excluded: np.ndarray | None = None) -> np.ndarray:
+    """Mean of the `window` points before each point (NaN-aware, the `excluded` ones made NaN first); where
+    there is none, `fallback` (default: the point's own value: the first point)."""
+    kept = values if excluded is None else np.where(excluded, np.nan, values)
+    present = ~np.isnan(kept)
+    sums = np.concatenate([np.zeros((values.shape[0], 1)), np.cumsum(np.where(present, kept, 0), axis=1)], 1)
     counts = np.concatenate([np.zeros((values.shape[0], 1)), np.cumsum(present, axis=1)], axis=1)
     end = np.arange(values.shape[1])
     begin = np.maximum(end - window, 0)

@@ -71,20 +71,27 @@ def nanrange(values: np.ndarray) -> np.ndarray:
 
 
 SELECTED_AT_MOST = 16  # order statistics one np.partition picks faster than a sort finds them (10,000 values)
+SORTED_ENDS = 0.05  # with more: the ranks within this fraction of either end are read off those ends, sorted
+COUNTS_AT_MOST = 4  # more counts of values among the rows: one sort of all rows beats a selection per count
 
 
 def nanquantile_rows(values: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     """Linear-interpolated quantiles of each row of a matrix, ignoring NaN: shape (len(probabilities), rows).
 
-    As nanquantile_last computes them; for a few probabilities (the two order statistics around each, at
-    most SELECTED_AT_MOST in all) by one selection of just those (np.partition, rows grouped by their count
-    of values as in nanmedian) instead of a sort: about half a sort's time for four probabilities. A
-    partition at many ranks costs more than the sort, so the band's 23 take the sort.
+    As nanquantile_last computes them, from the two order statistics around each probability, found by a
+    selection instead of a sort (rows grouped by their count of values as in nanmedian): for a few (at most
+    SELECTED_AT_MOST order statistics) one np.partition at just those, about half a sort's time for four
+    probabilities. A partition at many ranks costs about a sort, and the band's 23 probabilities crowd the
+    tails (ranks 0, 1, 4, 5, 9, 10 ... of 10,000): there the partition is at the ranks of the middle only,
+    and the few values beyond them at either end (SORTED_ENDS of the row) are sorted, a tenth of the row.
     """
-    if 2 * len(probabilities) > SELECTED_AT_MOST or values.shape[1] == 0:
+    if values.shape[1] == 0:
+        return np.moveaxis(nanquantile_last(values, probabilities), -1, 0)
+    groups = _by_count(values)
+    if 2 * len(probabilities) > SELECTED_AT_MOST and len(groups) > COUNTS_AT_MOST:
         return np.moveaxis(nanquantile_last(values, probabilities), -1, 0)
     result = np.full((len(probabilities), values.shape[0]), np.nan)
-    for count, picked in _by_count(values):
+    for count, picked in groups:
         if picked is None:
             return _order_statistics(values, count, probabilities)
         result[:, picked] = _order_statistics(values[picked], count, probabilities)
@@ -97,9 +104,26 @@ def _order_statistics(rows: np.ndarray, count: int, probabilities: np.ndarray) -
     position = probabilities * (count - 1)
     below = np.floor(position).astype(np.int64)
     above = np.minimum(below + 1, count - 1)
-    selected = np.partition(rows, np.unique(np.concatenate([below, above])), axis=1)
+    selected = _selected(rows, np.unique(np.concatenate([below, above])), count)
     low, high = selected[:, below].T, selected[:, above].T
     return low + (high - low) * (position - below)[:, None]
+
+
+def _selected(rows: np.ndarray, ranks: np.ndarray, count: int) -> np.ndarray:
+    """A copy of `rows` with the value of each rank (of `count` values, sorted ascending) in its place."""
+    if len(ranks) <= SELECTED_AT_MOST:
+        return np.partition(rows, ranks, axis=1)
+    edge = int(SORTED_ENDS * count)
+    middle = ranks[(ranks >= edge) & (ranks < count - 1 - edge)]
+    if len(middle) == 0:
+        return np.sort(rows, axis=1)
+    selected = np.partition(rows, middle, axis=1)  # before middle[0]: the smallest values; after the last: the
+    first, last = int(middle[0]), int(middle[-1])  # largest, and the NaN among them (a sort puts them last)
+    if ranks[0] < first:
+        selected[:, :first].sort(axis=1)
+    if ranks[-1] > last:
+        selected[:, last + 1 :].sort(axis=1)
+    return selected
 
 
 def nanquantile_last(values: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
@@ -140,10 +164,13 @@ def group_nanmedian(values: np.ndarray, groups: np.ndarray, count: int) -> np.nd
     return nanmedian(grouped)
 
 
-def trailing_mean(values: np.ndarray, window: int, fallback: np.ndarray | None = None) -> np.ndarray:
-    """Mean of the `window` points before each point (NaN-aware); where there is none, `fallback` (default:
-    the point's own value: the first point)."""
+def trailing_mean(values: np.ndarray, window: int, fallback: np.ndarray | None = None,
+                  excluded: np.ndarray | None = None) -> np.ndarray:
+    """Mean of the `window` points before each point (NaN-aware, and without the `excluded` ones: as if they
+    were NaN); where there is none, `fallback` (default: the point's own value: the first point)."""
     present = ~np.isnan(values)
+    if excluded is not None:
+        present &= ~excluded
     if present.all():  # no gaps: as many points before each as the window holds, or as there are
         total = _trailing_sum(values, window)
         number: np.ndarray = np.minimum(np.arange(values.shape[1]), max(window, 0))
@@ -168,6 +195,16 @@ def _trailing_sum(values: np.ndarray, window: int, dtype: type = np.float64) -> 
     if lead < columns:
         np.subtract(running[:, lead - 1 : -1], running[:, : columns - lead], out=total[:, lead:])
     return total
+
+
+def minus_lagged(values: np.ndarray, subtracted: np.ndarray, lag: int) -> np.ndarray:
+    """values - lagged(subtracted, lag), without the shifted copy: NaN in the first `lag` columns."""
+    if lag <= 0:
+        return values - subtracted
+    difference = np.empty(np.broadcast_shapes(values.shape, subtracted.shape))
+    difference[:, :lag] = np.nan
+    np.subtract(values[:, lag:], subtracted[:, : max(subtracted.shape[1] - lag, 0)], out=difference[:, lag:])
+    return difference
 
 
 def lagged(values: np.ndarray, lag: int) -> np.ndarray:

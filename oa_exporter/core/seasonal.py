@@ -251,14 +251,12 @@ def _fit_rows(values: np.ndarray, start: float, step: float, params: Mapping[str
     """fit() over one block of rows."""
     cfg = settings(params)
     timestamps = start + step * np.arange(values.shape[1])
-    seasons = _fit_seasons(values, timestamps, step, cfg)
+    seasons, rest = _fit_seasons(values, timestamps, step, cfg)
     local = None
-    if cfg["local_window"] is not None:
+    if cfg["local_window"] is not None:  # flat profiles where local: what is left over differs
         local = _drifting(values, timestamps, step, cfg)
         seasons = [replace(s, profile=np.where(local[:, None], 0.0, s.profile)) for s in seasons]
-    rest = values.astype(np.float64, copy=True)
-    for season in seasons:
-        rest -= season.profile[:, season.bucket_of(timestamps)]
+        rest = _deseasonalised(values, timestamps, seasons)
     windows = [max(int(round(cfg["level_window"] / step)), 3)]
     if local is not None:
         windows.append(max(int(round(cfg["local_window"] / step)), 1))
@@ -294,8 +292,11 @@ def _resolution(values: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(smallest), smallest, 0.0)
 
 
-def _fit_seasons(values: np.ndarray, timestamps: np.ndarray, step: float, cfg: Mapping[str, Any]) -> list[Season]:
-    """The seasonal profiles of every row, each fitted on what the shorter seasons left over."""
+def _fit_seasons(values: np.ndarray, timestamps: np.ndarray, step: float,
+                 cfg: Mapping[str, Any]) -> tuple[list[Season], np.ndarray]:
+    """The seasonal profiles of every row, each fitted on what the shorter seasons left over, and what all of
+    them left over (values minus each profile in turn: _deseasonalised's arithmetic, so a fit need not
+    subtract them again)."""
     span = step * values.shape[1]
     observed, samples = _observed_span(values, step), np.count_nonzero(~np.isnan(values), axis=1)
     rest = values.astype(np.float64, copy=True)
@@ -308,7 +309,15 @@ def _fit_seasons(values: np.ndarray, timestamps: np.ndarray, step: float, cfg: M
             season = _fit_season(rest, timestamps, period, count, used)
             rest -= season.profile[:, season.bucket_of(timestamps)]
             seasons.append(season)
-    return seasons
+    return seasons, rest
+
+
+def _deseasonalised(values: np.ndarray, timestamps: np.ndarray, seasons: Sequence[Season]) -> np.ndarray:
+    """Values minus every season's profile, subtracted in order."""
+    rest = values.astype(np.float64, copy=True)
+    for season in seasons:
+        rest -= season.profile[:, season.bucket_of(timestamps)]
+    return rest
 
 
 def _level_and_residual(rest: np.ndarray, references: list[_Reference], local: np.ndarray | None, lag: int,
@@ -348,14 +357,14 @@ class _Reference:
         again."""
         mean = self.mean
         if excluded is not None:
-            robust = arrays.trailing_mean(np.where(excluded, np.nan, rest), self.window, fallback=mean)
+            robust = arrays.trailing_mean(rest, self.window, fallback=mean, excluded=excluded)
             mean = np.where(np.isnan(robust), mean, robust)
-        return rest - arrays.lagged(mean, lag)
+        return arrays.minus_lagged(rest, mean, lag)
 
 
 def _residual(rest: np.ndarray, window: int, lag: int) -> np.ndarray:
     """Residuals against the plain trailing mean of `window` points as it stood `lag` points before."""
-    return rest - arrays.lagged(arrays.trailing_mean(rest, window), lag)
+    return arrays.minus_lagged(rest, arrays.trailing_mean(rest, window), lag)
 
 
 def _excursions(residual: np.ndarray) -> np.ndarray:
@@ -376,10 +385,8 @@ def _drifting(values: np.ndarray, timestamps: np.ndarray, step: float, cfg: Mapp
     if held < 1:
         return np.zeros(values.shape[0], bool)
     lag = int(round(cfg["residual_lag"] / step))
-    seasons = _fit_seasons(values[:, :-held], timestamps[:-held], step, cfg)
-    rest = values.astype(np.float64, copy=True)
-    for season in seasons:
-        rest -= season.profile[:, season.bucket_of(timestamps)]
+    seasons = _fit_seasons(values[:, :-held], timestamps[:-held], step, cfg)[0]
+    rest = _deseasonalised(values, timestamps, seasons)
     window = max(int(round(cfg["level_window"] / step)), 3)
     short = max(int(round(cfg["local_window"] / step)), 1)
     seasonal_error = np.abs(_residual(rest, window, lag)[:, -held:])

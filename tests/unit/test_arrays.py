@@ -70,6 +70,27 @@ def test_trailing_means_are_the_indexed_ones(shape, gaps, window):
     fallback = np.full(shape, 7.0)
     same(arrays.trailing_mean(values, window), reference.trailing_mean(values, window))
     same(arrays.trailing_mean(values, window, fallback), reference.trailing_mean(values, window, fallback))
+    excluded = np.random.default_rng(window).random(shape) < 0.05
+    same(arrays.trailing_mean(values, window, fallback, excluded),
+         reference.trailing_mean(values, window, fallback, excluded))
+    same(arrays.trailing_mean(values, window, excluded=excluded),
+         reference.trailing_mean(values, window, excluded=excluded))
+
+
+@pytest.mark.parametrize("shape", [*SHAPES, (2, 0)])
+@pytest.mark.parametrize("lag", [0, 1, 30, 5000])
+def test_a_lagged_difference_is_the_difference_of_the_lagged_copy(shape, lag):
+    values, subtracted = matrix(*shape, 0.1, seed=lag), matrix(*shape, 0.1, seed=lag + 1)
+    same(arrays.minus_lagged(values, subtracted, lag), reference.minus_lagged(values, subtracted, lag))
+
+
+@pytest.mark.parametrize("shape", [(3, 10_000), (2, 400)])
+def test_many_quantiles_of_long_rows_are_the_sorted_ones(shape):
+    """Rows long enough that the band's quantiles come from a partition at the middle ranks and sorted ends
+    (gaps, ties, infinities and NaN in the largest values included)."""
+    values = matrix(*shape, 0.0, seed=shape[1])
+    values[:, -40:] = np.nan  # a lag's worth of NaN at the end of every row
+    same(arrays.nanquantile_rows(values, PROBABILITIES), reference.nanquantile_rows(values, PROBABILITIES))
 
 
 def test_a_median_of_even_counts_interpolates_and_an_infinity_gives_what_the_sort_gives():
