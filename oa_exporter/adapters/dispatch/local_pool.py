@@ -35,8 +35,10 @@ log = logging.getLogger(__name__)
 __all__ = ["JobTimeout", "LocalPoolDispatcher", "WorkerDied", "default_workers"]
 # Imported once by the forkserver. A child also re-imports the parent's main module (multiprocessing does so
 # for every spawned process): for `oa-exporter` and `python -m oa_exporter` that is the CLI, preloaded here.
+# The CLI imports the wiring lazily, but a preview's job is a function of it (bootstrap.replay_in_child):
+# without it here every preview's child imported it first, aiohttp and all, about 0.5 s before its replay.
 PRELOAD = ["numpy", "oa_exporter.core.seasonal", "oa_exporter.adapters.engines.statsforecast",
-           "oa_exporter.entrypoints.cli"]
+           "oa_exporter.entrypoints.cli", "oa_exporter.bootstrap"]
 # Jobs are background work: a fit that ends a little later costs nothing, while the process that forked it
 # answers scrapes and scores every cycle. At niceness 10 or more, the kernel gives a busy core to the daemon
 # first. A floor, not a step: the forkserver inherits the niceness of whichever thread started it.
