@@ -46,6 +46,12 @@ Per series, on the rule's grid:
   consecutive distinct values in the window. A counter of a few events that reads 0 where 1 was forecast,
   or a gauge quantised to whole units, cannot be known to deviate by less than one step; for a continuous
   series the step is far below its noise and changes nothing.
+- A cycle whose amplitude changes (`amplitude_window`): the profiles are medians over the whole window,
+  so a daily swing that grows with traffic outgrows them and pages at every peak. With it, each series'
+  profiles are scaled by the amplitude of its last cycles of the first season within `amplitude_window`:
+  per cycle the least-squares slope of the series on its profile (clipped to [0.5, 2]), moved from 1 only
+  as far as the profile explains that cycle's variance (R²: noise, or a day without its cycle, teaches
+  nothing), and the median over the cycles, so that one odd day does not set it.
 - Two ideas of normal (`local_window`): per series, the seasonal baseline or a drift-following one (no
   seasons, the level over the last `local_window`), whichever forecast the held-back end of the window
   (`holdout`, at most a third of it) better, the seasonal one fitted on the rest: a series without a
@@ -56,6 +62,7 @@ Every step is one numpy operation over the (series × time) matrix: no Python lo
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -72,7 +79,7 @@ PROBABILITIES = np.array(
 DEFAULTS: dict[str, Any] = {
     "seasons": ["1d", "1w"], "buckets": 288, "level_window": "3h", "scale_buckets": None, "tail": None,
     "residual_lag": "0s", "range_margin": None, "local_window": None, "holdout": "7d", "range_history": None,
-    "robust_reference": False, "resolution": False,
+    "robust_reference": False, "resolution": False, "amplitude_window": None,
 }
 
 
@@ -191,6 +198,7 @@ def settings(params: Mapping[str, Any]) -> dict[str, Any]:
     local_window = merged["local_window"]
     return {
         "local_window": None if local_window is None else parse_duration(local_window),
+        "amplitude_window": None if merged["amplitude_window"] is None else parse_duration(merged["amplitude_window"]),
         "holdout": parse_duration(merged["holdout"]),
         "range_history": None if merged["range_history"] is None else parse_duration(merged["range_history"]),
         "robust_reference": bool(merged["robust_reference"]),
@@ -205,6 +213,7 @@ def settings(params: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+AMPLITUDE_RANGE = (0.5, 2.0)  # how far `amplitude_window` may scale a profile: a cycle halved or doubled
 FIT_CELLS = 1 << 22  # (series × time) cells fitted at once: each temporary of a block stays near 32 MB
 
 
@@ -252,6 +261,9 @@ def _fit_rows(values: np.ndarray, start: float, step: float, params: Mapping[str
     cfg = settings(params)
     timestamps = start + step * np.arange(values.shape[1])
     seasons, rest = _fit_seasons(values, timestamps, step, cfg)
+    if cfg["amplitude_window"] and seasons:  # scaled profiles: what is left over differs
+        seasons = _rescaled(seasons, values, timestamps, step, cfg["amplitude_window"])
+        rest = _deseasonalised(values, timestamps, seasons)
     local = None
     if cfg["local_window"] is not None:  # flat profiles where local: what is left over differs
         local = _drifting(values, timestamps, step, cfg)
@@ -436,3 +448,28 @@ def _interpolate_rows(quantiles: np.ndarray, probability: float) -> np.ndarray:
     p0, p1 = PROBABILITIES[i - 1], PROBABILITIES[i]
     w = np.clip((probability - p0) / (p1 - p0), 0.0, 1.0)
     return quantiles[i - 1] * (1 - w) + quantiles[i] * w
+
+
+def _rescaled(seasons: list[Season], values: np.ndarray, timestamps: np.ndarray, step: float,
+              window: float) -> list[Season]:
+    """The profiles scaled per series by the amplitude its last cycles of the first season show (see module
+    docstring): per whole cycle within `window`, the least-squares slope of the series on its profile, moved
+    from 1 only as far as the profile explains the cycle's variance (R²); the median over the cycles."""
+    period = int(round(seasons[0].period / step))
+    cycles = min(int(window // seasons[0].period), values.shape[1] // period)
+    if cycles < 1:
+        return seasons
+    columns = slice(values.shape[1] - cycles * period, None)
+    shape = sum(season.profile[:, season.bucket_of(timestamps[columns])] for season in seasons)
+    x = values[:, columns].reshape(len(values), cycles, period)
+    p = np.where(np.isnan(x), np.nan, shape.reshape(x.shape))
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a cycle without samples is NaN, left out of the median
+        x = x - np.nanmean(x, axis=2, keepdims=True)
+        p = p - np.nanmean(p, axis=2, keepdims=True)
+        xp, pp, xx = np.nanmean(x * p, axis=2), np.nanmean(p * p, axis=2), np.nanmean(x * x, axis=2)
+        slope, explained = xp / pp, xp * xp / (pp * xx)
+        per_cycle = 1 + (np.clip(slope, *AMPLITUDE_RANGE) - 1) * explained
+        scale = np.nanmedian(per_cycle, axis=1)
+    scale = np.where(np.isfinite(scale), scale, 1.0)  # no cycle with a profile to fit: as fitted
+    return [replace(s, profile=s.profile * scale[:, None]) for s in seasons]

@@ -136,3 +136,23 @@ def test_one_scale_bucket_is_a_scale_of_one_which_the_fit_takes_without_computin
     times, process = daily(4, 3, rng)
     model = seasonal.fit(process(times), times[0], STEP, {"scale_buckets": 1})
     np.testing.assert_array_equal(model.scale, np.ones((4, 1)))
+
+
+def test_amplitude_window_follows_a_grown_cycle_and_learns_nothing_from_noise_or_one_odd_day():
+    step, days = 300.0, 14
+    times = START + step * np.arange(int(days * DAY / step))
+    cycle = np.sin(2 * np.pi * times / DAY)
+    rng = np.random.default_rng(9)
+    grown = np.where(times >= times[-1] - 4 * DAY, 15.0, 10.0) * cycle  # the swing 1.5 times larger for 4 days
+    odd_day = np.where(times >= times[-1] - DAY, 0.0, 10.0) * cycle  # the cycle missing on the last day
+    values = 100 + np.stack([grown, np.zeros_like(cycle), odd_day]) + rng.normal(0, 1, (3, len(times)))
+
+    def swing(params: dict) -> np.ndarray:
+        profile = seasonal.fit(values, times[0], step, {"seasons": ["1d"], **params}).seasons[0].profile
+        return profile.max(axis=1) - profile.min(axis=1)
+
+    ratio = swing({"amplitude_window": "3d"}) / swing({})
+    assert 1.3 <= ratio[0] <= 1.6  # the profile is a median of 14 days, 10 of them at the old swing ...
+    assert abs(ratio[1] - 1) < 0.05 and abs(ratio[2] - 1) < 0.1  # ... noise has no cycle to scale, one day is one
+    with pytest.raises(ValueError, match="invalid duration"):
+        seasonal.settings({"amplitude_window": "soon"})
