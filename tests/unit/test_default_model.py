@@ -115,7 +115,8 @@ def test_spikes_dips_and_level_shifts_score_above_one_and_little_else_does():
 
 @pytest.mark.parametrize("params", [
     PRESET.model.params, {}, {**PRESET.model.params, "local_window": "3h", "range_history": "3d"},
-], ids=["preset-default", "plain-defaults", "drift-following-and-young"])
+    {**PRESET.model.params, "amplitude_window": "3d"},
+], ids=["preset-default", "plain-defaults", "drift-following-and-young", "amplitude-following"])
 def test_fitting_in_row_blocks_gives_the_model_one_pass_gives(monkeypatch, params):
     times, values, _ = metrics(37, 15, seed=3)
     values[2, 500:900] = np.nan  # a gap
