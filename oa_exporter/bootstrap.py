@@ -460,7 +460,8 @@ def bootstrap(
         output = FanOut([*output.sinks, *watchers])
     runner = Runner(trainer, inferencer, output, telemetry, clock)
     rules_store, editor, watch = rules_source(settings, engines)
-    preview_pool = LocalPoolDispatcher(1, settings.preview_timeout, retries=0)
+    # a preview is one person's wait, the scrapes and cycles everyone's: it gets only the CPU they leave
+    preview_pool = LocalPoolDispatcher(1, settings.preview_timeout, retries=0, idle=True)
     limits = PreviewLimits(settings.preview_max_series, settings.preview_max_points, settings.preview_timeout)
     return App(settings, rules_store, tsdb, dispatcher, telemetry, page, runner, clock, store,
                output=output, queue=queue, editor=editor, watch=watch,

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import os
 import signal
+import sys
+import threading
 import time
 
 import numpy as np
@@ -55,11 +57,18 @@ async def test_results_and_large_payloads_come_back(pool):
     assert (await pool.run(big, 2_000_000)).sum() == pytest.approx(2_000_000 * 1_999_999 / 2)
 
 
-async def test_jobs_run_at_niceness_10_or_more(pool):
-    # a floor of 10, whether the forkserver came from this thread or from a daemon's nicer executor thread
-    # (an earlier test's daemon), which runs BACKGROUND_NICENESS steps nicer than this one
+async def test_jobs_run_10_steps_nicer_than_the_thread_that_made_the_pool(pool):
+    # whether the forkserver came from this thread or from a daemon's nicer executor thread (an earlier
+    # test's daemon), which runs BACKGROUND_NICENESS steps nicer than this one
     own = os.getpriority(os.PRIO_PROCESS, 0)
-    assert max(own, 10) <= await pool.run(niceness) <= max(min(own + BACKGROUND_NICENESS, 19), 10)
+    assert min(own + 10, 19) <= await pool.run(niceness) <= min(own + 10 + BACKGROUND_NICENESS, 19)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+async def test_a_niced_daemons_jobs_run_nicer_still():
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    niced = await asyncio.to_thread(_pool_made_at_niceness, min(own + 5, 19))  # joins a thread of its own
+    assert niced == min(own + 15, 19)
 
 
 async def test_the_job_exception_is_raised_in_the_caller(pool):
@@ -208,3 +217,44 @@ async def test_nhits_fits_through_the_local_pool():
     finally:
         await pool.close()
     assert fitted.ok.all()
+
+
+def scheduler() -> int:
+    return os.sched_getscheduler(0)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+async def test_an_idle_pools_jobs_run_on_cpu_time_nothing_else_wants():
+    dispatcher = LocalPoolDispatcher(workers=1, timeout=120, idle=True)
+    try:
+        assert await dispatcher.run(scheduler) == os.SCHED_IDLE
+    finally:
+        await dispatcher.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="scheduling policies are Linux's")
+async def test_a_plain_pools_jobs_keep_the_ordinary_scheduler(pool):
+    assert await pool.run(scheduler) == os.sched_getscheduler(0)
+
+
+def _pool_made_at_niceness(level: int) -> int:
+    """The niceness of a job of a pool made on a thread of its own at `level` (Linux: niceness is per thread;
+    a thread of its own, so that no reused executor thread stays niced)."""
+    result: list[int] = []
+
+    def made_here() -> None:
+        os.nice(level - os.getpriority(os.PRIO_PROCESS, 0))
+        result.append(asyncio.run(_one_job()))
+
+    thread = threading.Thread(target=made_here)
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+async def _one_job() -> int:
+    dispatcher = LocalPoolDispatcher(workers=1, timeout=120)
+    try:
+        return await dispatcher.run(niceness)
+    finally:
+        await dispatcher.close()

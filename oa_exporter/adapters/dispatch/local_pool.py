@@ -40,8 +40,9 @@ __all__ = ["JobTimeout", "LocalPoolDispatcher", "WorkerDied", "default_workers"]
 PRELOAD = ["numpy", "oa_exporter.core.seasonal", "oa_exporter.adapters.engines.statsforecast",
            "oa_exporter.entrypoints.cli", "oa_exporter.bootstrap"]
 # Jobs are background work: a fit that ends a little later costs nothing, while the process that forked it
-# answers scrapes and scores every cycle. At niceness 10 or more, the kernel gives a busy core to the daemon
-# first. A floor, not a step: the forkserver inherits the niceness of whichever thread started it.
+# answers scrapes and scores every cycle. 10 steps nicer than the thread that made the pool (the daemon's; at
+# most 19), the kernel gives a busy core to the daemon first, also when the daemon itself runs niced. A
+# target, not a step in the child: the forkserver inherits the niceness of whichever thread started it.
 JOB_NICENESS = 10
 
 
@@ -81,7 +82,7 @@ class LocalPoolDispatcher:
     """JobDispatcher running at most `workers` jobs at once, one child process per job."""
 
     def __init__(self, workers: int | None = None, timeout: float = 3600.0, retries: int = 0,
-                 telemetry: Telemetry | None = None, gpus: GpuSlots | None = None):
+                 telemetry: Telemetry | None = None, gpus: GpuSlots | None = None, idle: bool = False):
         self.workers = workers or default_workers()
         self.timeout = timeout
         self.retries = retries
@@ -91,6 +92,8 @@ class LocalPoolDispatcher:
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(PRELOAD)
         self._children: set[multiprocessing.process.BaseProcess] = set()
+        self._niceness = min(os.getpriority(os.PRIO_PROCESS, 0) + JOB_NICENESS, 19)  # of the jobs' children
+        self.idle = idle  # jobs only on CPU time nothing else wants (Linux's SCHED_IDLE; elsewhere niceness only)
 
     async def run(self, fn: Callable[..., T], *args: Any, gpu: bool = False) -> T:
         job = _Reported(self.telemetry)
@@ -132,7 +135,8 @@ class LocalPoolDispatcher:
 
     def _run_child(self, fn: Callable[..., T], args: tuple, devices: str | None) -> T:
         receiver, sender = self._context.Pipe(duplex=False)
-        child = self._context.Process(target=_child_main, args=(sender, fn, args, devices), daemon=True)
+        child = self._context.Process(target=_child_main, args=(sender, fn, args, devices, self._niceness,
+                                                                         self.idle), daemon=True)
         child.start()
         sender.close()
         self._children.add(child)
@@ -173,10 +177,11 @@ def _devices(gpu: bool, device: int | None) -> str | None:
     return "" if device is None else str(device)
 
 
-def _child_main(sender: Connection, fn: Callable[..., Any], args: tuple, devices: str | None) -> None:
+def _child_main(sender: Connection, fn: Callable[..., Any], args: tuple, devices: str | None,
+                niceness: int = JOB_NICENESS, idle: bool = False) -> None:
     if devices is not None:  # before the job imports torch
         os.environ["CUDA_VISIBLE_DEVICES"] = devices
-    _run_nicer()
+    _run_nicer(niceness, idle)
     _exit_with_parent()
     try:
         result: tuple[bool, Any] = (True, fn(*args))
@@ -194,9 +199,13 @@ def _encoded(result: tuple[bool, Any]) -> bytes:
         return pickle.dumps((False, EngineError(f"the job's result cannot be sent back: {type(e).__name__}: {e}")))
 
 
-def _run_nicer() -> None:
+def _run_nicer(niceness: int, idle: bool) -> None:
     with contextlib.suppress(OSError):
-        os.nice(max(JOB_NICENESS - os.getpriority(os.PRIO_PROCESS, 0), 0))
+        os.nice(max(niceness - os.getpriority(os.PRIO_PROCESS, 0), 0))
+    if idle and hasattr(os, "SCHED_IDLE"):  # threads the job starts later inherit it
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
 
 
 def _exit_with_parent() -> None:
