@@ -60,6 +60,11 @@ def anomaly_score(
     return score
 
 
+def paging_side(score: np.ndarray, below: np.ndarray) -> np.ndarray:
+    """Per sample, 1 + its side of the forecast (0 above, 1 below) where it scores above 1, else 0 (NaN: 0)."""
+    return np.where(score > 1.0, below.astype(np.int8) + 1, 0).astype(np.int8)
+
+
 class SeriesRows:
     """Per-series state between cycles, in arrays whose last axis has one row per series, found by key.
 
@@ -119,7 +124,7 @@ class Repeats(SeriesRows):
         """The scores of one cycle with repeats within `window` seconds divided down."""
         rows, side = self.rows(keys), below.astype(np.int64)
         recent = np.where(timestamp - self.since[side, rows] < window, self.peak[side, rows], 0.0)
-        paging = np.where(score > 1.0, side + 1, 0)  # NaN: no
+        paging = paging_side(score, below)
         onset = (paging == 0) | (paging != self.paging[rows])
         self.divisor[rows] = np.where(onset, np.maximum(recent, 1.0), self.divisor[rows])
         self.paging[rows] = paging
@@ -146,7 +151,7 @@ class Settling(SeriesRows):
         """The scores of one cycle, those of excursions older than `after` seconds divided by their peak."""
         rows = self.rows(keys)
         scored = ~np.isnan(score)
-        side = np.where(score > 1.0, below.astype(np.int8) + 1, 0).astype(np.int8)
+        side = paging_side(score, below)
         going_on = (side > 0) & (side == self.side[rows])
         onset = np.where(going_on, self.onset[rows], np.where(side > 0, timestamp, np.nan))
         peak = np.where(going_on, self.peak[rows], 0.0)
@@ -154,5 +159,5 @@ class Settling(SeriesRows):
             settled = timestamp - onset >= after  # NaN onset: no excursion, nothing settles
         self.onset[rows] = np.where(scored, onset, self.onset[rows])
         self.side[rows] = np.where(scored, side, self.side[rows])
-        self.peak[rows] = np.where(scored, np.where(side > 0, np.maximum(peak, score), 0.0), self.peak[rows])
+        self.peak[rows] = np.where(scored, np.maximum(peak, score), self.peak[rows])  # read only while going on
         return np.where(settled, score / np.maximum(peak, 1.0), score)

@@ -177,8 +177,8 @@ def _devices(gpu: bool, device: int | None) -> str | None:
     return "" if device is None else str(device)
 
 
-def _child_main(sender: Connection, fn: Callable[..., Any], args: tuple, devices: str | None,
-                niceness: int = JOB_NICENESS, idle: bool = False) -> None:
+def _child_main(sender: Connection, fn: Callable[..., Any], args: tuple, devices: str | None, niceness: int,
+                idle: bool) -> None:
     if devices is not None:  # before the job imports torch
         os.environ["CUDA_VISIBLE_DEVICES"] = devices
     _run_nicer(niceness, idle)
@@ -205,7 +205,6 @@ def _run_nicer(niceness: int, idle: bool) -> None:
     if idle and hasattr(os, "SCHED_IDLE"):  # threads the job starts later inherit it
         with contextlib.suppress(OSError):
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-
 
 
 def _exit_with_parent() -> None:
