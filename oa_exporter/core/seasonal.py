@@ -195,22 +195,35 @@ def settings(params: Mapping[str, Any]) -> dict[str, Any]:
     for flag in ("robust_reference", "resolution"):
         if not isinstance(merged[flag], bool):
             raise ValueError(f"SeasonalProfile {flag} must be true or false")
-    local_window = merged["local_window"]
+    durations = {name: _duration(name, merged[name]) for name in DURATIONS}
+    seasons = [_duration("seasons", season) for season in seasons]
     return {
-        "local_window": None if local_window is None else parse_duration(local_window),
-        "amplitude_window": None if merged["amplitude_window"] is None else parse_duration(merged["amplitude_window"]),
-        "holdout": parse_duration(merged["holdout"]),
-        "range_history": None if merged["range_history"] is None else parse_duration(merged["range_history"]),
+        **durations,
         "robust_reference": bool(merged["robust_reference"]),
         "resolution": bool(merged["resolution"]),
-        "seasons": sorted(parse_duration(s) for s in seasons),
+        "seasons": sorted(seasons),
         "buckets": buckets,
-        "level_window": parse_duration(merged["level_window"]),
         "scale_buckets": scale_buckets,
         "tail": float(tail) if tail is not None else None,
         "range_margin": float(margin) if margin is not None else None,
-        "residual_lag": 0.0 if merged["residual_lag"] in ("0s", 0) else parse_duration(merged["residual_lag"]),
     }
+
+
+DURATIONS = ("local_window", "amplitude_window", "holdout", "range_history", "level_window", "residual_lag")
+OPTIONAL = ("local_window", "amplitude_window", "range_history")  # None: off
+
+
+def _duration(name: str, value: Any) -> float | None:
+    """A duration parameter in seconds (None for an optional one left off; `residual_lag` may be 0); the
+    ValueError names the parameter."""
+    if value is None and name in OPTIONAL:
+        return None
+    if name == "residual_lag" and value in ("0s", 0):
+        return 0.0
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"SeasonalProfile {name}: {exc}") from None
 
 
 AMPLITUDE_RANGE = (0.5, 2.0)  # how far `amplitude_window` may scale a profile: a cycle halved or doubled

@@ -121,7 +121,11 @@ def test_custom_seasons_and_buckets():
 @pytest.mark.parametrize(
     ("params", "message"),
     [({"buckets": 1}, "buckets"), ({"seasons": "1d"}, "seasons"), ({"nope": 1}, "nope"),
-     ({"level_window": "0s"}, "positive")],
+     ({"level_window": "0s"}, "level_window: duration '0s' must be positive"),
+     ({"holdout": "a week"}, "holdout: invalid duration"), ({"holdout": None}, "holdout: invalid duration"),
+     ({"seasons": ["1d", "1q"]}, "seasons: invalid duration '1q'"),
+     ({"residual_lag": "half an hour"}, "residual_lag: invalid duration"),
+     ({"local_window": "3"}, "local_window: invalid duration"), ({"range_history": 3}, "range_history: invalid")],
 )
 def test_bad_params_are_value_errors(params, message):
     with pytest.raises(ValueError, match=message):
@@ -154,5 +158,5 @@ def test_amplitude_window_follows_a_grown_cycle_and_learns_nothing_from_noise_or
     ratio = swing({"amplitude_window": "3d"}) / swing({})
     assert 1.3 <= ratio[0] <= 1.6  # the profile is a median of 14 days, 10 of them at the old swing ...
     assert abs(ratio[1] - 1) < 0.05 and abs(ratio[2] - 1) < 0.1  # ... noise has no cycle to scale, one day is one
-    with pytest.raises(ValueError, match="invalid duration"):
+    with pytest.raises(ValueError, match="amplitude_window: invalid duration"):
         seasonal.settings({"amplitude_window": "soon"})
