@@ -122,10 +122,12 @@ async def measure(app, group, url, port, n, repeat, scrape_seconds, now) -> dict
         baseline = await timed(bare, repeat)
     await app.runner.cycle(group, now)  # first cycle builds the label blocks once
     full_cycle = await timed(lambda: app.runner.cycle(group, now), repeat)
-    rule, forecasts = app.rules.rules[0], app.runner.slots["bench"].forecasts
+    rule, slot = app.rules.rules[0], app.runner.slots["bench"]
 
-    async def scoring() -> None:  # the runner's own calls: instant query, parse, score every series
-        app.runner.inferencer.score(rule, await app.runner.inferencer.sample(rule, now), forecasts)
+    async def scoring() -> None:  # the runner's own calls: instant query, parse, score every series with the
+        # rule's state between cycles (the repeat rule, settle_after, calibrate), as the runner does
+        app.runner.inferencer.score(rule, await app.runner.inferencer.sample(rule, now), slot.forecasts,
+                                    slot.repeats, slot.calibration, slot.settling)
 
     cycle = await timed(scoring, repeat)
 
