@@ -39,6 +39,11 @@ PRESETS: dict[str, Preset] = {
     # would meet them, against a reference that leaves excursions out (`robust_reference`): one outage
     # or spike does not widen the band for the 8 weeks it stays in the window; the band is one step of
     # the series' resolution wider (`resolution`): a counter reading 0 where 1 was forecast is no news.
+    # Until a series has two weeks of history its residuals are taken against profiles fitted without the
+    # cycle they fall in (`cross_fit`): a profile made of a few days fits their noise, and a band from its
+    # in-sample residuals is narrower than the errors its forecast makes (by two weeks the daily profile rests
+    # on 14 cycles and the weekly one is about to start; NAB, left out category by category: 70.50 against
+    # 69.16 without, every category at least as good).
     # The 99.99 % band extrapolates the tails beyond 99 % and is capped at the window's own range widened
     # by 5 % (`range_margin`): a sample pages when it is beyond the extrapolated tail or further off than
     # anything of the last 8 weeks. No score before 3 days of history: a range seen over a day or two is
@@ -50,7 +55,7 @@ PRESETS: dict[str, Preset] = {
         model=ModelSpec("statsforecast", "SeasonalProfile", {
             "seasons": ["1d", "1w"], "buckets": 96, "level_window": "3h", "scale_buckets": 1, "tail": 99,
             "range_margin": 1.05, "residual_lag": "30m", "robust_reference": True,
-            "resolution": True,
+            "resolution": True, "cross_fit": "14d",
         }),
         train_window=parse_duration("56d"),
         train_every=parse_duration("1h"),

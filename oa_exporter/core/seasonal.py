@@ -52,6 +52,12 @@ Per series, on the rule's grid:
   per cycle the least-squares slope of the series on its profile (clipped to [0.5, 2]), moved from 1 only
   as far as the profile explains that cycle's variance (R²: noise, or a day without its cycle, teaches
   nothing), and the median over the cycles, so that one odd day does not set it.
+- A young series' honest band (`cross_fit`): a profile fitted on a few cycles fits those cycles' noise, so
+  residuals taken against it are smaller than the errors its forecast will make, and a young series' band
+  too narrow. For a series with less history than `cross_fit`, residuals are taken against profiles fitted
+  without the cycle they fall in: the first season's cycles fall into CROSS_FOLDS folds (cycle number
+  modulo CROSS_FOLDS), and each fold's samples are deseasonalised by the profiles fitted on the other folds.
+  The forecast keeps the profiles of every cycle; only the band learns from the cross-fitted residuals.
 - Two ideas of normal (`local_window`): per series, the seasonal baseline or a drift-following one (no
   seasons, the level over the last `local_window`), whichever forecast the held-back end of the window
   (`holdout`, at most a third of it) better, the seasonal one fitted on the rest: a series without a
@@ -79,7 +85,7 @@ PROBABILITIES = np.array(
 DEFAULTS: dict[str, Any] = {
     "seasons": ["1d", "1w"], "buckets": 288, "level_window": "3h", "scale_buckets": None, "tail": None,
     "residual_lag": "0s", "range_margin": None, "local_window": None, "holdout": "7d", "range_history": None,
-    "robust_reference": False, "resolution": False, "amplitude_window": None,
+    "robust_reference": False, "resolution": False, "amplitude_window": None, "cross_fit": None,
 }
 
 
@@ -209,8 +215,9 @@ def settings(params: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-DURATIONS = ("local_window", "amplitude_window", "holdout", "range_history", "level_window", "residual_lag")
-OPTIONAL = ("local_window", "amplitude_window", "range_history")  # None: off
+DURATIONS = ("local_window", "amplitude_window", "holdout", "range_history", "level_window", "residual_lag",
+             "cross_fit")
+OPTIONAL = ("local_window", "amplitude_window", "range_history", "cross_fit")  # None: off
 
 
 def _duration(name: str, value: Any) -> float | None:
@@ -227,6 +234,7 @@ def _duration(name: str, value: Any) -> float | None:
 
 
 AMPLITUDE_RANGE = (0.5, 2.0)  # how far `amplitude_window` may scale a profile: a cycle halved or doubled
+CROSS_FOLDS = 4  # `cross_fit`: each residual's profile rests on 3/4 of the cycles, near the forecast's own
 FIT_CELLS = 1 << 22  # (series × time) cells fitted at once: each temporary of a block stays near 32 MB
 
 
@@ -286,10 +294,14 @@ def _fit_rows(values: np.ndarray, start: float, step: float, params: Mapping[str
     if local is not None:
         windows.append(max(int(round(cfg["local_window"] / step)), 1))
     lag = int(round(cfg["residual_lag"] / step))
-    references = [_Reference.of(rest, window) for window in windows]
-    level, residual = _level_and_residual(rest, references, local, lag, None)
-    if cfg["robust_reference"]:  # excursions out of the reference: a spike is not spread over the next hours
-        residual = _level_and_residual(rest, references, local, lag, _excursions(residual))[1]
+    level, residual = _residuals(rest, windows, local, lag, cfg["robust_reference"])
+    young = np.flatnonzero(_observed_span(values, step) < cfg["cross_fit"]) if cfg["cross_fit"] and seasons else []
+    if len(young):  # residuals against profiles that did not see them (see module docstring)
+        crossed = _cross_fitted(values[young], timestamps, step, cfg, seasons[0].period)
+        if local is not None:  # the drift-following baseline has no profile to cross-fit
+            crossed = np.where(local[young, None], rest[young], crossed)
+        residual[young] = _residuals(crossed, windows, None if local is None else local[young], lag,
+                                     cfg["robust_reference"])[1]
     span = step * values.shape[1]
     scale_period = seasons[0].period if seasons else span
     scale_count = min(cfg["scale_buckets"] or seasons[0].buckets, seasons[0].buckets) if seasons else 1
@@ -342,6 +354,33 @@ def _deseasonalised(values: np.ndarray, timestamps: np.ndarray, seasons: Sequenc
     rest = values.astype(np.float64, copy=True)
     for season in seasons:
         rest -= season.profile[:, season.bucket_of(timestamps)]
+    return rest
+
+
+def _residuals(rest: np.ndarray, windows: list[int], local: np.ndarray | None, lag: int,
+               robust: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per series, the level and the residuals of its baseline; with `robust`, taken a second time with the
+    first pass's excursions out of the reference (a spike is not spread over the next hours)."""
+    references = [_Reference.of(rest, window) for window in windows]
+    level, residual = _level_and_residual(rest, references, local, lag, None)
+    if robust:
+        residual = _level_and_residual(rest, references, local, lag, _excursions(residual))[1]
+    return level, residual
+
+
+def _cross_fitted(values: np.ndarray, timestamps: np.ndarray, step: float, cfg: Mapping[str, Any],
+                  period: float) -> np.ndarray:
+    """The values less profiles fitted without them: each fold of the first season's cycles (cycle number
+    modulo CROSS_FOLDS) deseasonalised by the seasons fitted on the other folds (see module docstring)."""
+    fold = np.floor(timestamps / period) % CROSS_FOLDS
+    rest = values.astype(np.float64, copy=True)
+    for held in range(CROSS_FOLDS):
+        columns = fold == held
+        if not columns.any():
+            continue
+        others = _fit_seasons(np.where(columns, np.nan, values), timestamps, step, cfg)[0]
+        for season in others:
+            rest[:, columns] -= season.profile[:, season.bucket_of(timestamps[columns])]
     return rest
 
 

@@ -91,7 +91,7 @@ def test_a_random_walk_gets_the_drift_following_baseline_and_a_daily_cycle_keeps
 
 
 def test_a_young_series_gets_a_wider_band_than_it_will_have_and_is_scored_from_its_first_day():
-    times, values, noise = metrics(6, 9, seed=17)
+    times, values, noise = metrics(6, 16, seed=17)  # past the preset's cross_fit: the band it will have
     young = values.copy()
     young[:, : -int(1.2 * DAY / STEP)] = np.nan  # appeared 29 hours ago
     future = times[-1] + STEP * np.arange(1, 13)
@@ -99,9 +99,10 @@ def test_a_young_series_gets_a_wider_band_than_it_will_have_and_is_scored_from_i
     for data in (young, values):
         yhat, _, upper = seasonal.fit(data, times[0], STEP, YOUNG).predict(future, RULE.level)
         spans.append(np.nanmean(upper - yhat, axis=1) / noise)
-    ratio = spans[0] / spans[1]  # honest about having seen one day (measured: 1.0-2.7, mean 1.5)
+    ratio = spans[0] / spans[1]  # honest about having seen one day (measured: 1.1-2.7, mean 1.6)
     assert np.all(ratio > 0.95) and ratio.mean() > 1.3
 
+    times, values, _ = metrics(6, 9, seed=17)
     born = int(7 * DAY / STEP)  # a series that starts today: nothing in the TSDB before its first sample
     fresh = values.copy()
     fresh[:, :born] = np.nan

@@ -160,3 +160,34 @@ def test_amplitude_window_follows_a_grown_cycle_and_learns_nothing_from_noise_or
     assert abs(ratio[1] - 1) < 0.05 and abs(ratio[2] - 1) < 0.1  # ... noise has no cycle to scale, one day is one
     with pytest.raises(ValueError, match="amplitude_window: invalid duration"):
         seasonal.settings({"amplitude_window": "soon"})
+
+
+@pytest.mark.parametrize("days", [2, 4])
+def test_cross_fit_gives_a_young_series_the_band_its_forecast_needs(days):
+    rng, step = np.random.default_rng(3), 300.0
+    times = START + step * np.arange(int((days + 1) * DAY / step))
+    values = 100 + 20 * np.sin(2 * np.pi * times / DAY) + rng.normal(0, 1, (100, len(times)))
+    trained = int(days * DAY / step)
+    params = {"seasons": ["1d"], "buckets": 96, "level_window": "3h", "residual_lag": "30m"}
+
+    def coverage(extra: dict) -> float:  # of the next day, by a 99 % band fitted on the days before
+        model = seasonal.fit(values[:, :trained], times[0], step, {**params, **extra})
+        _, lower, upper = model.predict(times[trained:], 99.0)
+        actual = values[:, trained:]
+        return float(np.mean((actual >= lower) & (actual <= upper)))
+
+    # measured: 0.974 -> 0.996 after 2 days (each day's residuals against a profile of the other day alone),
+    # 0.984 -> 0.987 after 4: a profile of a few days fits their noise, and its own residuals say too little
+    assert coverage({}) < coverage({"cross_fit": "14d"}) <= 0.998
+
+
+def test_cross_fit_leaves_a_series_older_than_it_as_fitted():
+    rng, step = np.random.default_rng(4), 300.0
+    times = START + step * np.arange(int(15 * DAY / step))
+    values = 100 + 20 * np.sin(2 * np.pi * times / DAY) + rng.normal(0, 1, (3, len(times)))
+    values[2, : -int(5 * DAY / step)] = np.nan  # five days old: cross-fitted
+    plain = seasonal.fit(values, times[0], step, {})
+    crossed = seasonal.fit(values, times[0], step, {"cross_fit": "14d"})
+    assert np.array_equal(plain.quantiles[:, :2], crossed.quantiles[:, :2])
+    assert not np.array_equal(plain.quantiles[:, 2], crossed.quantiles[:, 2])
+    assert np.array_equal(plain.seasons[0].profile, crossed.seasons[0].profile)  # the forecast is unchanged

@@ -79,3 +79,10 @@ def test_a_growing_daily_cycle_pages_within_a_few_a_week_once_the_profile_follow
     # measured on 5 series: 30.1 a series-week as the preset is (every peak outgrows a median of 8 weeks), 2.2
     assert weekly_excursions(clean, synthetic.replay(clean, rule)) >= 20
     assert weekly_excursions(clean, synthetic.replay(clean, following)) <= 3
+
+
+def test_noise_without_a_cycle_pages_at_most_once_a_week():
+    clean = synthetic.generate(synthetic.FAMILIES["white_noise"], series=3, days=21)
+    # measured 0.65 a series-week (0.91 without the preset's cross_fit: bands of its first two weeks learned
+    # from a profile's fit to its own noise)
+    assert weekly_excursions(clean, synthetic.replay(clean, synthetic.default_rule())) <= EXCURSIONS_PER_WEEK
