@@ -343,6 +343,9 @@ def _fit_seasons(values: np.ndarray, timestamps: np.ndarray, step: float,
         if span >= 2 * period and count >= 4:
             one_cycle = not seasons and samples >= 4 * count  # the first season, from one well-sampled cycle
             used = (observed >= 2 * period) | (one_cycle & (observed >= period))
+            if not used.any():  # no row has the history for it: flat, without computing its medians
+                seasons.append(Season(period, count, np.zeros((values.shape[0], count))))
+                continue
             season = _fit_season(rest, timestamps, period, count, used)
             rest -= season.profile[:, season.bucket_of(timestamps)]
             seasons.append(season)

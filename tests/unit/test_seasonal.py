@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from oa_exporter.core import seasonal
+from oa_exporter.core.presets import PRESETS
 
 DAY, WEEK, STEP = 86400.0, 604800.0, 60.0
 START = 1_699_920_000.0  # a midnight (UTC)
@@ -191,3 +192,16 @@ def test_cross_fit_leaves_a_series_older_than_it_as_fitted():
     assert np.array_equal(plain.quantiles[:, :2], crossed.quantiles[:, :2])
     assert not np.array_equal(plain.quantiles[:, 2], crossed.quantiles[:, 2])
     assert np.array_equal(plain.seasons[0].profile, crossed.seasons[0].profile)  # the forecast is unchanged
+
+
+def test_a_season_no_series_has_the_history_for_is_flat_alike_alone_or_beside_older_series():
+    rng, step = np.random.default_rng(5), 300.0
+    times = START + step * np.arange(int(21 * DAY / step))
+    values = 100 + 20 * np.sin(2 * np.pi * times / DAY) + rng.normal(0, 1, (4, len(times)))
+    values[2:, : -int(10 * DAY / step)] = np.nan  # ten days old: no weekly profile of their own
+    params = PRESETS["default"].model.params
+    together, alone = seasonal.fit(values, times[0], step, params), seasonal.fit(values[2:], times[0], step, params)
+    assert [s.period for s in alone.seasons] == [s.period for s in together.seasons] == [DAY, WEEK]
+    assert not alone.seasons[1].profile.any() and together.seasons[1].profile[:2].any()
+    assert np.array_equal(alone.quantiles, together.quantiles[:, 2:])
+    assert np.array_equal(alone.seasons[0].profile, together.seasons[0].profile[2:])
