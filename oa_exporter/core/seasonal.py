@@ -87,6 +87,10 @@ DEFAULTS: dict[str, Any] = {
     "residual_lag": "0s", "range_margin": None, "local_window": None, "holdout": "7d", "range_history": None,
     "robust_reference": False, "resolution": False, "amplitude_window": None, "cross_fit": None,
 }
+DURATIONS = (  # parameters in Prometheus duration syntax
+    "local_window", "amplitude_window", "holdout", "range_history", "level_window", "residual_lag", "cross_fit",
+)
+OPTIONAL = ("local_window", "amplitude_window", "range_history", "cross_fit")  # None: off
 
 
 @dataclass(frozen=True)
@@ -215,11 +219,6 @@ def settings(params: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-DURATIONS = ("local_window", "amplitude_window", "holdout", "range_history", "level_window", "residual_lag",
-             "cross_fit")
-OPTIONAL = ("local_window", "amplitude_window", "range_history", "cross_fit")  # None: off
-
-
 def _duration(name: str, value: Any) -> float | None:
     """A duration parameter in seconds (None for an optional one left off; `residual_lag` may be 0); the
     ValueError names the parameter."""
@@ -281,7 +280,8 @@ def _fit_rows(values: np.ndarray, start: float, step: float, params: Mapping[str
     """fit() over one block of rows."""
     cfg = settings(params)
     timestamps = start + step * np.arange(values.shape[1])
-    seasons, rest = _fit_seasons(values, timestamps, step, cfg)
+    observed = _observed_span(values, step)
+    seasons, rest = _fit_seasons(values, timestamps, step, cfg, observed)
     if cfg["amplitude_window"] and seasons:  # scaled profiles: what is left over differs
         seasons = _rescaled(seasons, values, timestamps, step, cfg["amplitude_window"])
         rest = _deseasonalised(values, timestamps, seasons)
@@ -295,7 +295,7 @@ def _fit_rows(values: np.ndarray, start: float, step: float, params: Mapping[str
         windows.append(max(int(round(cfg["local_window"] / step)), 1))
     lag = int(round(cfg["residual_lag"] / step))
     level, residual = _residuals(rest, windows, local, lag, cfg["robust_reference"])
-    young = np.flatnonzero(_observed_span(values, step) < cfg["cross_fit"]) if cfg["cross_fit"] and seasons else []
+    young = np.flatnonzero(observed < cfg["cross_fit"]) if cfg["cross_fit"] and seasons else []
     if len(young):  # residuals against profiles that did not see them (see module docstring)
         crossed = _cross_fitted(values[young], timestamps, step, cfg, seasons[0].period)
         if local is not None:  # the drift-following baseline has no profile to cross-fit
@@ -329,13 +329,14 @@ def _resolution(values: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(smallest), smallest, 0.0)
 
 
-def _fit_seasons(values: np.ndarray, timestamps: np.ndarray, step: float,
-                 cfg: Mapping[str, Any]) -> tuple[list[Season], np.ndarray]:
+def _fit_seasons(values: np.ndarray, timestamps: np.ndarray, step: float, cfg: Mapping[str, Any],
+                 observed: np.ndarray | None = None) -> tuple[list[Season], np.ndarray]:
     """The seasonal profiles of every row, each fitted on what the shorter seasons left over, and what all of
     them left over (values minus each profile in turn: _deseasonalised's arithmetic, so a fit need not
-    subtract them again)."""
+    subtract them again). `observed`: each row's _observed_span, where the caller has it."""
     span = step * values.shape[1]
-    observed, samples = _observed_span(values, step), np.count_nonzero(~np.isnan(values), axis=1)
+    observed = _observed_span(values, step) if observed is None else observed
+    samples = np.count_nonzero(~np.isnan(values), axis=1)
     rest = values.astype(np.float64, copy=True)
     seasons: list[Season] = []
     for period in cfg["seasons"]:
