@@ -78,10 +78,9 @@ def report(first: dict, second: dict, threshold: float, names: tuple[str, str]) 
             only_b += sum(y and not x for x, y in zip(hits_a, hits_b))
             fp_a, fp_b = fp_a + a[name].false_positives, fp_b + b[name].false_positives
             if hits_a != hits_b or a[name].false_positives != b[name].false_positives:
+                peaks = ", ".join(f"{as_ours(x):.2f} -> {as_ours(y):.2f}" for x, y in zip(a[name].peaks, b[name].peaks))
                 details.append(f"  {category}/{name}: FP rows {a[name].false_positives} -> "
-                               f"{b[name].false_positives}; window peaks (s) "
-                               + ", ".join(f"{as_ours(x):.2f} -> {as_ours(y):.2f}"
-                                           for x, y in zip(a[name].peaks, b[name].peaks)))
+                               f"{b[name].false_positives}; " + (f"window peaks (s) {peaks}" if peaks else "no window"))
         lines.append(f"{category:24s} {windows:8d} {found_a:12d} {found_b:12d} {only_a:10d} {only_b:11d} "
                      f"{fp_a:4d} -> {fp_b}")
     return lines + (["files that differ:", *details] if details else ["no file differs"])

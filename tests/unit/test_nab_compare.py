@@ -32,3 +32,10 @@ def test_a_window_found_by_one_side_only_and_the_false_positive_rows_are_reporte
 def test_a_directory_without_results_is_a_clear_error(tmp_path, capsys):
     assert compare.main([str(tmp_path), str(tmp_path)]) == 2
     assert "no results under" in capsys.readouterr().err
+
+
+def test_a_file_without_windows_that_differs_in_false_positives_says_so(tmp_path, capsys):
+    write(tmp_path / "a", "artificialNoAnomaly", "flat", [0.0, 0.6, 0.0], [0, 0, 0])
+    write(tmp_path / "b", "artificialNoAnomaly", "flat", [0.0, 0.4, 0.0], [0, 0, 0])
+    assert compare.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "  artificialNoAnomaly/flat: FP rows 1 -> 0; no window" in capsys.readouterr().out.splitlines()
