@@ -5,7 +5,8 @@
 A and B are results directories written by bench/nab/run.py (`<out>` or, for one of several candidates,
 `<out>/<name>`): each holds <dir>/oaexporter/<category>/oaexporter_<file>.csv with the columns
 timestamp,value,anomaly_score,label. Per category it prints the windows found (a row at or above the threshold
-inside the window, as NAB counts a detection), the false-positive rows (at or above it outside every window)
+inside the window, as NAB counts a detection), the false-positive rows (at or above it outside every window,
+after the file's probation, which NAB does not score)
 and, file by file where the two differ, each window's peak score as our score s (anomaly_score = s / (1 + s),
 so 1 is the alert threshold). A score a point or two apart on NAB is often one window or a dozen rows: this
 says which.
@@ -20,6 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.nab.scorer import probation  # noqa: E402
 
 DETECTOR = "oaexporter"
 FROZEN = 0.5
@@ -54,7 +59,8 @@ def file_result(path: Path, threshold: float) -> FileResult:
     label = np.array([row["label"] not in ("0", "0.0", "") for row in rows])
     edges = np.flatnonzero(np.diff(np.concatenate([[False], label, [False]]).astype(np.int8)))
     peaks = tuple(float(score[start:end].max()) for start, end in zip(edges[::2], edges[1::2]))
-    return FileResult(peaks, int(np.count_nonzero((score >= threshold) & ~label)))
+    scored = np.arange(len(rows)) >= probation(len(rows))  # NAB scores nothing in a file's probation
+    return FileResult(peaks, int(np.count_nonzero((score >= threshold) & ~label & scored)))
 
 
 def as_ours(anomaly_score: float) -> float:
