@@ -82,6 +82,8 @@ PROBABILITIES = np.array(
     [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.16, 0.25, 0.5,
      0.75, 0.84, 0.9, 0.95, 0.975, 0.99, 0.995, 0.9975, 0.999, 0.9995, 0.9999]
 )
+
+
 @dataclass(frozen=True)
 class Season:
     """One additive seasonal profile: `profile[:, b]` for phase bucket b of a `period`-long cycle."""
