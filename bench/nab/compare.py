@@ -41,7 +41,7 @@ class FileResult:
         return tuple(peak >= threshold for peak in self.peaks)
 
 
-def read_results(root: Path, threshold: float = FROZEN) -> dict[str, dict[str, FileResult]]:
+def read_directory(root: Path, threshold: float = FROZEN) -> dict[str, dict[str, FileResult]]:
     """{category: {file: FileResult}} for every results file under root/oaexporter."""
     results: dict[str, dict[str, FileResult]] = {}
     for path in sorted((root / DETECTOR).glob("*/*.csv")):
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="anomaly_score at which a row is flagged (default 0.5: our score 1)")
     args = parser.parse_args(argv)
     try:
-        first, second = read_results(args.first, args.threshold), read_results(args.second, args.threshold)
+        first, second = read_directory(args.first, args.threshold), read_directory(args.second, args.threshold)
     except (FileNotFoundError, KeyError, ValueError) as exc:
         print(f"compare: {exc}", file=sys.stderr)
         return 2
